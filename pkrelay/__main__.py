@@ -1,0 +1,3 @@
+from pkrelay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The `pkrelay` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pkrelay import config, db, logs
+
+log = logging.getLogger("pkrelay")
+
+
+def _load(args: argparse.Namespace, process: str) -> tuple[Path, config.Settings]:
+    path = config.config_path(args.config)
+    settings = config.load(path)
+    logs.setup(settings.secrets(), process)
+    return path, settings
+
+
+def _need_redis(settings: config.Settings, command: str) -> str:
+    if not settings.redis.url:
+        raise config.ConfigError(f"`pkrelay {command}` needs redis.url (only `pkrelay run` embeds a server)")
+    return settings.redis.url
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pkrelay.supervisor import Supervisor
+
+    path, settings = _load(args, "run")
+    asyncio.run(_migrate(settings))
+    return Supervisor(settings, path).run()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+
+    path, settings = _load(args, "receiver")
+    redis_url = _need_redis(settings, "serve")
+    asyncio.run(_migrate(settings))
+    app = create_app(config.LiveSettings(path, settings), redis_url)
+    uvicorn.run(
+        app, host=settings.server.host, port=settings.server.port,
+        access_log=False, log_config=None, server_header=False, timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from arq.worker import Worker
+
+    from workers.settings import worker_settings
+
+    path, settings = _load(args, "worker")
+    redis_url = _need_redis(settings, "worker")
+    asyncio.run(_migrate(settings))
+    Worker(**worker_settings(config.LiveSettings(path, settings), redis_url)).run()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    _, settings = _load(args, "migrate")
+    asyncio.run(_migrate(settings))
+    print("database schema is up to date")
+    return 0
+
+
+async def _migrate(settings: config.Settings) -> None:
+    engine = db.create_engine(settings.database_url)
+    try:
+        await db.migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pkrelay.check import run_checks
+
+    path = config.config_path(args.config)
+    return asyncio.run(run_checks(path))
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from pkrelay.eventlog import print_events
+
+    _, settings = _load(args, "events")
+    return asyncio.run(print_events(settings, follow=args.follow, system=args.system, event_type=args.type))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pkrelay", description="PluralKit events, enriched, signed, delivered.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="config file (default ./pkrelay.toml or $PKRELAY_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
+        ("run", cmd_run, "everything on one machine: embedded Redis, receiver, one worker"),
+        ("serve", cmd_serve, "the receiver alone (needs redis.url)"),
+        ("worker", cmd_worker, "one arq worker alone (needs redis.url)"),
+        ("migrate", cmd_migrate, "bring the database schema up to date"),
+        ("check", cmd_check, "validate the config and reach Redis, the database and the API"),
+        ("events", cmd_events, "print the event log"),
+    ]
+    for name, func, help_text in commands:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if name == "events":
+            p.add_argument("--follow", action="store_true", help="keep printing new events")
+            p.add_argument("--system", help="system name or UUID")
+            p.add_argument("--type", help="event type, e.g. CREATE_SWITCH")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except config.ConfigError as exc:
+        print(f"pkrelay: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

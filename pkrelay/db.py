@@ -1,0 +1,97 @@
+"""The database: tables, engine setup and migrations.
+
+SQLite by default (WAL, BEGIN IMMEDIATE: see FIELD-NOTES.md), PostgreSQL through
+`database.url`. JSON columns hold msgspec-encoded documents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("system", sa.String(200), nullable=True),
+    sa.Column("system_id", sa.String(64), nullable=True),
+    sa.Column("entity_id", sa.String(64), nullable=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("data", sa.JSON, nullable=True),
+    sa.Column("entity", sa.JSON, nullable=True),
+    sa.Column("previous", sa.JSON, nullable=True),
+    sa.Index("ix_events_system_received", "system_id", "received_at"),
+    sa.Index("ix_events_type_received", "type", "received_at"),
+    sa.Index("ix_events_received", "received_at"),
+)
+
+
+def _json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url, json_serializer=_json_dumps, json_deserializer=msgspec.json.decode,
+            connect_args={"timeout": 30},
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(
+        url, json_serializer=_json_dumps, json_deserializer=msgspec.json.decode, pool_pre_ping=True,
+    )
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy emit BEGIN itself (below), and make concurrent writers wait.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # A read-then-write transaction that starts deferred fails at once with
+    # "database is locked" under a second writer; IMMEDIATE waits its turn.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignoring_duplicates(conn: AsyncConnection | sa.Connection, table: sa.Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    def upgrade(connection: sa.Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", "pkrelay:migrations")
+        cfg.attributes["connection"] = connection
+        if connection.dialect.name == "postgresql":
+            # Several processes may start at once; one migrates, the others wait.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(74707265)")
+        command.upgrade(cfg, "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade)

@@ -1,0 +1,26 @@
+"""The Litestar application of the receiver."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from pkrelay import __version__
+from pkrelay.config import LiveSettings
+from receiver.dispatch import dispatch_handler
+from receiver.ops import healthz, prometheus, readyz
+from receiver.relay import Relay
+
+
+def create_app(live: LiveSettings, redis_url: str) -> Litestar:
+    settings = live.current
+    relay = Relay(live, redis_url)
+    return Litestar(
+        route_handlers=[dispatch_handler(settings.server.dispatch_path), healthz, readyz, prometheus],
+        lifespan=[relay.lifespan],
+        state=State({"relay": relay}),
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="pkrelay", version=__version__, path="/schema"),
+        logging_config=None,
+    )

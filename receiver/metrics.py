@@ -1,0 +1,33 @@
+"""Prometheus metrics of the receiver.
+
+Under `pkrelay run` every process writes to PROMETHEUS_MULTIPROC_DIR and the
+receiver's /metrics sums them (prometheus-client's multiprocess mode), so worker
+metrics show up on the same page.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
+from prometheus_client import REGISTRY
+
+EVENTS_RECEIVED = Counter(
+    "pkrelay_events_received_total",
+    "Dispatch requests by event type and outcome (queued, spooled, ping, unauthorized, invalid, too_large, unavailable)",
+    ["type", "outcome"],
+)
+QUEUE_DEPTH = Gauge(
+    "pkrelay_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="mostrecent"
+)
+SPOOLED = Gauge(
+    "pkrelay_spool_depth", "Events waiting in the local spool for Redis", multiprocess_mode="mostrecent"
+)
+
+
+def render() -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -1,0 +1,34 @@
+"""Operational routes: liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+from redis.exceptions import RedisError
+
+from pkrelay import queue
+from receiver import metrics
+from receiver.relay import Relay
+
+
+@get("/healthz", summary="200 while the process lives")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="200 when Redis and the database answer, else 503 naming the one that failed")
+async def readyz(request: Request) -> Response[dict[str, str]]:
+    relay: Relay = request.app.state.relay
+    status = await relay.readiness()
+    ready = all(v == "ok" for v in status.values())
+    return Response(status, status_code=200 if ready else 503)
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def prometheus(request: Request) -> bytes:
+    relay: Relay = request.app.state.relay
+    try:
+        metrics.QUEUE_DEPTH.set(await queue.depth(relay.redis))
+    except (RedisError, OSError):
+        pass  # keep the last known depth; /readyz says Redis is down
+    metrics.SPOOLED.set(len(relay.spool.files()))
+    return metrics.render()

@@ -1,0 +1,79 @@
+"""The receiver's long-lived parts: Redis, the spool, the database, the live config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import sqlalchemy as sa
+from litestar import Litestar
+from redis.exceptions import RedisError
+
+from pkrelay import db, logs, queue
+from pkrelay.config import LiveSettings, Settings
+from receiver.spool import Spool
+
+log = logging.getLogger("pkrelay.receiver")
+Outcome = Literal["queued", "spooled", "unavailable"]
+
+
+class Relay:
+    def __init__(self, live: LiveSettings, redis_url: str) -> None:
+        settings = live.current
+        self.live = live
+        self.redis = queue.connect(redis_url)
+        self.engine = db.create_engine(settings.database_url)
+        self.spool = Spool(settings.data_path / "spool")
+
+    async def store(self, event_id: str, payload: bytes) -> Outcome:
+        """Queue the event, or spool it when Redis cannot take it."""
+        if not self.spool.pending:
+            try:
+                await queue.enqueue(self.redis, [(event_id, payload)])
+                return "queued"
+            except (RedisError, OSError) as exc:
+                log.warning("queue unavailable, spooling %s: %s", event_id, exc)
+        try:
+            self.spool.write(event_id, payload)
+            return "spooled"
+        except OSError as exc:
+            log.error("spool unavailable, refusing %s: %s", event_id, exc)
+            return "unavailable"
+
+    async def readiness(self) -> dict[str, str]:
+        """"ok" or the error, per dependency."""
+        status: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.redis.ping(), 2)
+            status["redis"] = "ok"
+        except (RedisError, OSError, TimeoutError) as exc:
+            status["redis"] = f"unavailable: {type(exc).__name__}"
+        try:
+            async with asyncio.timeout(2):
+                async with self.engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+            status["database"] = "ok"
+        except Exception as exc:  # any driver error means "not ready"
+            status["database"] = f"unavailable: {type(exc).__name__}"
+        return status
+
+    def _config_changed(self, fresh: Settings) -> None:
+        logs.setup(fresh.secrets(), "receiver")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(self.spool.run_drainer(self.redis)),
+            asyncio.create_task(self.live.watch(self._config_changed)),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.redis.aclose()
+            await self.engine.dispose()

@@ -1,0 +1,13 @@
+"""The pkrelay receiver as `pkrelay serve` builds it, for uvicorn's --factory."""
+
+import os
+from pathlib import Path
+
+from pkrelay import config
+from receiver.app import create_app
+
+
+def app():  # type: ignore[no-untyped-def]
+    path = Path(os.environ["PKRELAY_CONFIG"])
+    settings = config.load(path)
+    return create_app(config.LiveSettings(path, settings), settings.redis.url)

@@ -1,0 +1,51 @@
+"""Shared fixtures: real servers in temporary directories, never mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pkrelay.redis_server import EmbeddedRedis
+from tests import postgres
+from tests.fakepk.dispatcher import new_system_id, new_token
+from tests.harness import Deployment, write_config
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A fresh embedded valkey-server (the one `pkrelay run` uses) per test."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.Cluster]:
+    """One throwaway PostgreSQL cluster for the session, in a temporary directory."""
+    reason = postgres.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    yield from postgres.cluster()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: postgres.Cluster, request: pytest.FixtureRequest) -> str:
+    """A fresh database per test."""
+    return pg_cluster.create_database(f"t{abs(hash(request.node.nodeid)) % 10**12}")
+
+
+@pytest.fixture
+def system_creds() -> dict[str, str]:
+    return {"name": "home", "system_id": new_system_id(), "signing_token": new_token()}
+
+
+@pytest.fixture
+async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str]) -> Deployment:
+    """A configured pkrelay (one system, SQLite under tmp_path), schema migrated."""
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds])
+    dep = Deployment(cfg, redis_server.url)
+    await dep.migrate()
+    return dep

@@ -1,0 +1,57 @@
+"""Helpers to build a pkrelay deployment inside a test: config, app, burst worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from arq.worker import Worker
+
+from pkrelay import config, db
+from receiver.app import create_app
+from workers.settings import worker_settings
+
+
+def write_config(path: Path, data_dir: Path, systems: list[dict[str, str]], extra: str = "",
+                 database_url: str = "") -> Path:
+    lines = [f'data_dir = "{data_dir}"', "", "[database]", f'url = "{database_url}"', ""]
+    for system in systems:
+        lines.append("[[systems]]")
+        lines += [f'{key} = "{value}"' for key, value in system.items()]
+        lines.append("")
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+@dataclass
+class Deployment:
+    config_file: Path
+    redis_url: str
+
+    def live(self) -> config.LiveSettings:
+        return config.LiveSettings(self.config_file, config.load(self.config_file))
+
+    def app(self):  # type: ignore[no-untyped-def]
+        return create_app(self.live(), self.redis_url)
+
+    async def migrate(self) -> None:
+        engine = db.create_engine(self.live().current.database_url)
+        await db.migrate(engine)
+        await engine.dispose()
+
+    async def work(self) -> None:
+        """Run one arq worker until the queue is empty."""
+        worker = Worker(**worker_settings(self.live(), self.redis_url), burst=True, poll_delay=0.05)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+    async def logged(self) -> list[sa.Row]:
+        engine = db.create_engine(self.live().current.database_url)
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(sa.select(db.events).order_by(db.events.c.id))).all())
+        finally:
+            await engine.dispose()

@@ -1,0 +1,100 @@
+"""The config file: strict, with clear errors, env overrides and env: secrets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pkrelay import config, logs
+
+
+def _load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> config.Settings:
+    path = tmp_path / "pkrelay.toml"
+    path.write_text(text)
+    return config.load(path, env or {})
+
+
+def test_no_file_means_every_default(tmp_path: Path) -> None:
+    settings = config.load(tmp_path / "absent.toml", {})
+    assert settings.server.port == 8080 and settings.server.dispatch_path == "/dispatch"
+    assert settings.database_url.startswith("sqlite+aiosqlite:///") and settings.systems == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[server]\nprot = 9000\n', "server.prot: Object contains unknown field `prot` (line 2)"),
+        ('data_dir = "x"\n[server]\nport = "9000"\n', "server.port: Expected `int`, got `str` (line 3)"),
+        ('[[systems]]\nname = "a"\n[[systems]]\nname = "b"\nmdoe = "poll"\n',
+         "systems.1.mdoe: Object contains unknown field `mdoe` (line 5)"),
+        ('[[systems]]\nname = "a"\nmode = "sometimes"\n', "systems.0.mode: Invalid enum value 'sometimes' (line 3)"),
+        ('[[sinks]]\ntype = "smtp"\nurl = "x"\n', "sinks.0.type: Invalid value 'smtp' (line 2)"),
+        ('[serverr]\nport = 1\n', "serverr: Object contains unknown field `serverr` (line 1)"),
+        ('[server\n', "not valid TOML"),
+    ],
+)
+def test_mistakes_are_named_with_their_line(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        _load(tmp_path, text)
+    assert expected in str(info.value)
+
+
+def test_env_overrides_and_env_secrets(tmp_path: Path) -> None:
+    text = '[[systems]]\nname = "home"\nsigning_token = "env:PK_SIGNING_TOKEN"\n'
+    settings = _load(tmp_path, text, {"PK_SIGNING_TOKEN": "s3cr3t+/token", "PKRELAY_SERVER__PORT": "9001",
+                                      "PKRELAY_PLURALKIT__GET_RATE": "20", "PKRELAY_DATA_DIR": "/srv/pk"})
+    assert settings.server.port == 9001
+    assert settings.pluralkit.get_rate == 20
+    assert settings.data_dir == "/srv/pk"
+    assert settings.systems[0].signing_token.reveal() == "s3cr3t+/token"
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in str(settings.systems[0])
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PKRELAY_SERVER__PORTT": "1"}, "PKRELAY_SERVER__PORTT names no setting"),
+        ({"PKRELAY_SERVER__PORT": "eighty"}, "PKRELAY_SERVER__PORT"),
+        ({}, "systems.0.signing_token refers to environment variable PK_SIGNING_TOKEN, which is not set"),
+    ],
+)
+def test_bad_environment_is_named(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    text = '[[systems]]\nname = "home"\nsigning_token = "env:PK_SIGNING_TOKEN"\n'
+    env = {"PK_SIGNING_TOKEN": "x", **env} if "PK_SIGNING_TOKEN" not in expected else env
+    with pytest.raises(config.ConfigError, match=expected):
+        _load(tmp_path, text, env)
+
+
+def test_sinks_must_name_known_systems(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="unknown system 'away'"):
+        _load(tmp_path, '[[systems]]\nname = "home"\n[[sinks]]\ntype = "webhook"\nurl = "http://x"\n'
+                        'systems = ["away"]\n')
+
+
+def test_a_config_error_never_shows_a_secret(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        _load(tmp_path, '[[systems]]\nname = "home"\nsigning_token = 12345678\n')
+    assert "12345678" not in str(info.value)
+
+
+def test_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    logs.setup(["hunter2-token"], "test")
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed with %s", ("hunter2-token",), None)
+    logs.redactor.filter(record)
+    assert record.getMessage() == "failed with " + logs.MASK
+
+
+def test_reload_takes_new_systems_and_keeps_the_old_config_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "pkrelay.toml"
+    path.write_text('[[systems]]\nname = "home"\n')
+    live = config.LiveSettings(path, config.load(path, {}))
+    path.write_text('[[systems]]\nname = "home"\n[[systems]]\nname = "second"\n# grown\n')
+    assert live.changed()
+    live.reload()
+    assert [s.name for s in live.current.systems] == ["home", "second"]
+    path.write_text('[[systems]]\nname = "home"\nbogus = 1\n')
+    with pytest.raises(config.ConfigError):
+        live.reload()
+    assert [s.name for s in live.current.systems] == ["home", "second"]
