@@ -8,7 +8,6 @@ so no process is ever orphaned. A child that dies is restarted with backoff.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -20,15 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pkrelay.config import Settings
-from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.redis_server import EmbeddedRedis, die_with_parent
 
 log = logging.getLogger("pkrelay.run")
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -44,7 +37,7 @@ class Child:
     def start(self) -> None:
         self.process = subprocess.Popen(
             self.argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)

@@ -60,8 +60,12 @@ def running(tmp_path: Path, system_creds: dict[str, str]) -> Iterator[tuple[subp
         yield proc, port, cfg
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_run_serves_logs_restarts_children_and_stops_cleanly(
