@@ -25,6 +25,7 @@ class Relay:
         settings = live.current
         self.live = live
         self.redis = queue.connect(redis_url)
+        self.batcher = queue.Batcher(self.redis)
         self.engine = db.create_engine(settings.database_url)
         self.spool = Spool(settings.data_path / "spool")
 
@@ -32,7 +33,7 @@ class Relay:
         """Queue the event, or spool it when Redis cannot take it."""
         if not self.spool.pending:
             try:
-                await queue.enqueue(self.redis, [(event_id, payload)])
+                await self.batcher.enqueue(event_id, payload)
                 return "queued"
             except (RedisError, OSError) as exc:
                 log.warning("queue unavailable, spooling %s: %s", event_id, exc)
