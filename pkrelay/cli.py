@@ -14,6 +14,10 @@ from pkrelay import config, db, logs
 log = logging.getLogger("pkrelay")
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out as given."""
+
+
 def _load(args: argparse.Namespace, process: str) -> tuple[Path, config.Settings]:
     path = config.config_path(args.config)
     settings = config.load(path)
@@ -25,6 +29,14 @@ def _need_redis(settings: config.Settings, command: str) -> str:
     if not settings.redis.url:
         raise config.ConfigError(f"`pkrelay {command}` needs redis.url (only `pkrelay run` embeds a server)")
     return settings.redis.url
+
+
+def _running_redis(settings: config.Settings, command: str) -> str:
+    """redis.url, or the embedded server of a `pkrelay run` using the same data_dir."""
+    marker = settings.data_path / "redis" / "url"
+    if settings.redis.url or not marker.exists():
+        return _need_redis(settings, command)
+    return marker.read_text().strip()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -92,6 +104,39 @@ def cmd_events(args: argparse.Namespace) -> int:
     return asyncio.run(print_events(settings, follow=args.follow, system=args.system, event_type=args.type))
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    from workers.deliver import replay
+
+    if not (args.event_ids or args.since or args.dead):
+        raise UsageError("name EVENT_IDs, or give --since TIME or --dead")
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise UsageError(f"--since {args.since!r} is not an ISO 8601 time") from None
+    if since is not None and since.tzinfo is None:
+        raise UsageError("--since needs a time zone, e.g. 2026-11-22T18:00:00Z")
+    _, settings = _load(args, "replay")
+    redis_url = _running_redis(settings, "replay")
+
+    async def go() -> int:
+        engine = db.create_engine(settings.database_url)
+        redis = await create_pool(RedisSettings.from_dsn(redis_url))
+        try:
+            return await replay(engine, redis, settings.sinks, event_ids=args.event_ids, since=since,
+                                dead=args.dead)
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    print(f"queued {asyncio.run(go())} deliveries")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pkrelay", description="PluralKit events, enriched, signed, delivered.")
     common = argparse.ArgumentParser(add_help=False)
@@ -104,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("migrate", cmd_migrate, "bring the database schema up to date"),
         ("check", cmd_check, "validate the config and reach Redis, the database and the API"),
         ("events", cmd_events, "print the event log"),
+        ("replay", cmd_replay, "deliver stored events to the sinks again, with the same ids"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -112,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--follow", action="store_true", help="keep printing new events")
             p.add_argument("--system", help="system name or UUID")
             p.add_argument("--type", help="event type, e.g. CREATE_SWITCH")
+        if name == "replay":
+            p.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
+            p.add_argument("--since", metavar="TIME", help="every event received since TIME (ISO 8601)")
+            p.add_argument("--dead", action="store_true", help="every dead-lettered delivery")
     return parser
 
 
@@ -121,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except config.ConfigError as exc:
         print(f"pkrelay: config error: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,7 @@ show the value, so they cannot leak through logs or error messages by accident.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -97,22 +98,31 @@ class SystemConfig(_Section, kw_only=True):
     mode: Literal["auto", "poll", "webhook"] = "auto"
 
 
-class _Sink(_Section, tag_field="type"):
+class _Sink(_Section, tag_field="type", kw_only=True):
     events: list[str] | None = None
     systems: list[str] | None = None
+    url: str
+    public_only: bool = False
+
+    @property
+    def key(self) -> str:
+        """A stable name for this sink in the database and metrics, without its URL
+        (URLs can carry secrets, e.g. Home Assistant webhook ids)."""
+        topic = getattr(self, "topic_prefix", "")
+        digest = hashlib.sha256(f"{self.url}|{topic}".encode()).hexdigest()[:12]
+        return f"{self.__struct_config__.tag}-{digest}"
+
+    def wants(self, event_type: str, system: str) -> bool:
+        return (self.events is None or event_type in self.events) and (self.systems is None or system in self.systems)
 
 
 class WebhookSink(_Sink, tag="webhook", kw_only=True):
-    url: str
     secret: Secret = msgspec.field(default_factory=Secret)
-    public_only: bool = False
 
 
-class MqttSink(_Sink, tag="mqtt"):
-    url: str = "mqtt://127.0.0.1:1883"
+class MqttSink(_Sink, tag="mqtt", kw_only=True):
     topic_prefix: str = "pkrelay"
     homeassistant_discovery: bool = True
-    public_only: bool = False
 
 
 Sink = WebhookSink | MqttSink

@@ -35,6 +35,33 @@ events = sa.Table(
     sa.Index("ix_events_received", "received_at"),
 )
 
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("event_id", sa.String(40), sa.ForeignKey("events.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("sink", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead | skipped
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("first_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_deliveries_status", "status"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(40), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("sink", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Index("ix_delivery_attempts_event", "event_id", "sink"),
+)
+
 
 def _json_dumps(value: Any) -> str:
     return msgspec.json.encode(value).decode()

@@ -14,7 +14,7 @@ from pkrelay.config import Settings
 from pkrelay.envelope import Event
 
 
-def _row_to_event(row: sa.Row) -> Event:
+def row_to_event(row: sa.Row) -> Event:
     return Event(
         id=row.id, type=row.type, source=row.source, system_id=row.system_id, entity_id=row.entity_id,
         received_at=row.received_at.replace(tzinfo=row.received_at.tzinfo or UTC), data=row.data, entity=row.entity, previous=row.previous,
@@ -45,7 +45,7 @@ async def query(
     stmt = stmt.order_by(t.c.id.desc() if newest_first else t.c.id.asc()).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-    return [_row_to_event(r) for r in rows]
+    return [row_to_event(r) for r in rows]
 
 
 async def print_events(settings: Settings, *, follow: bool, system: str | None, event_type: str | None) -> int:

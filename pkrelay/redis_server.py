@@ -76,6 +76,8 @@ class EmbeddedRedis:
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise RedisServerError(f"valkey-server exited with {self.process.returncode}: {tail}")
             if self.ping():
+                # For commands run beside `pkrelay run` (replay, check): where is it?
+                (self.directory / "url").write_text(self.url)
                 return
             time.sleep(0.005)
         self.stop()

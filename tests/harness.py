@@ -10,6 +10,7 @@ from arq.worker import Worker
 
 from pkrelay import config, db
 from receiver.app import create_app
+from workers.deliver import RetryPolicy
 from workers.settings import worker_settings
 
 
@@ -40,9 +41,9 @@ class Deployment:
         await db.migrate(engine)
         await engine.dispose()
 
-    async def work(self) -> None:
-        """Run one arq worker until the queue is empty."""
-        worker = Worker(**worker_settings(self.live(), self.redis_url), burst=True, poll_delay=0.05)
+    async def work(self, retry_policy: RetryPolicy | None = None) -> None:
+        """Run one arq worker until the queue (deferred retries included) is empty."""
+        worker = Worker(**worker_settings(self.live(), self.redis_url, retry_policy), burst=True, poll_delay=0.02)
         try:
             await worker.main()
         finally:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
+from arq import func
 from arq.connections import RedisSettings
 
 from pkrelay import db, logs
 from pkrelay.config import LiveSettings, Settings
+from workers.deliver import RetryPolicy, deliver
 from workers.ingest import ingest_dispatch
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
@@ -16,7 +19,7 @@ from workers.ingest import ingest_dispatch
 JOB_TIMEOUT_S = 60
 
 
-def worker_settings(live: LiveSettings, redis_url: str) -> dict[str, Any]:
+def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolicy | None = None) -> dict[str, Any]:
     """Keyword arguments for arq.Worker."""
 
     def config_changed(fresh: Settings) -> None:
@@ -25,14 +28,19 @@ def worker_settings(live: LiveSettings, redis_url: str) -> dict[str, Any]:
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["live"] = live
         ctx["engine"] = db.create_engine(live.current.database_url)
+        ctx["http"] = httpx.AsyncClient(follow_redirects=False)
+        ctx["retry_policy"] = retry_policy or RetryPolicy()
         ctx["watcher"] = asyncio.create_task(live.watch(config_changed))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         ctx["watcher"].cancel()
+        await ctx["http"].aclose()
         await ctx["engine"].dispose()
 
     return {
-        "functions": [ingest_dispatch],
+        # Every start counts toward max_tries, so deliveries get room for the whole
+        # retry window (about 60 attempts at most); the window, not arq, dead-letters.
+        "functions": [ingest_dispatch, func(deliver, max_tries=200)],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,

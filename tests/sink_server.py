@@ -1,0 +1,54 @@
+"""A real HTTP server that plays an integration's webhook endpoint in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+from litestar import Litestar, Request, Response, post
+
+from pkrelay.redis_server import free_port
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class SinkServer:
+    """Records every POST; `respond` decides each answer (called off the event loop)."""
+
+    respond: Callable[[int], int] = lambda n: 200
+    received: list[Received] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        @post("/hook")
+        async def hook(request: Request) -> Response[bytes]:
+            body = await request.body()
+            self.received.append(Received(dict(request.headers), body))
+            status = await asyncio.to_thread(self.respond, len(self.received))
+            return Response(b"", status_code=status)
+
+        config = uvicorn.Config(Litestar([hook]), port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        for _ in range(1000):
+            if self._server.started:
+                return
+            threading.Event().wait(0.01)
+        raise RuntimeError("the sink server did not start")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)

@@ -1,0 +1,195 @@
+"""Delivery to webhook sinks: signed, retried with the same id, dead-lettered, replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from arq import create_pool
+from arq.connections import RedisSettings
+from litestar.testing import AsyncTestClient
+from standardwebhooks.webhooks import Webhook
+
+from pkrelay import db
+from pkrelay.redis_server import EmbeddedRedis
+from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
+from tests.harness import Deployment, write_config
+from tests.sink_server import SinkServer
+from workers import deliver
+from workers.deliver import RetryPolicy
+
+FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
+
+
+def _secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+def _sink(url: str, secret: str = "", **extra: object) -> str:
+    lines = ["", "[[sinks]]", 'type = "webhook"', f'url = "{url}"', f'secret = "{secret}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[SinkServer]]:
+    servers: list[SinkServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def _serve(sinks: list[SinkServer], respond=lambda n: 200) -> SinkServer:  # type: ignore[no-untyped-def]
+    server = SinkServer(respond=respond)
+    server.start()
+    sinks.append(server)
+    return server
+
+
+async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], extra: str) -> Deployment:
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra)
+    dep = Deployment(cfg, redis.url)
+    await dep.migrate()
+    return dep
+
+
+async def _dispatch(dep: Deployment, creds: dict[str, str], *contents: bytes) -> None:
+    async with AsyncTestClient(app=dep.app()) as client:
+        for content in contents:
+            assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
+
+
+def _update(creds: dict[str, str], name: str) -> bytes:
+    return body("UPDATE_MEMBER", creds["signing_token"], creds["system_id"], MEMBER_ID, {"name": name})
+
+
+async def _deliveries(dep: Deployment) -> list[sa.Row]:
+    engine = db.create_engine(dep.live().current.database_url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(sa.select(db.deliveries))).all())
+    finally:
+        await engine.dispose()
+
+
+async def test_signed_delivery_verifies_with_an_independent_library(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+) -> None:
+    secret = _secret()
+    sink = _serve(sinks)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, secret))
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    await dep.work(FAST)
+    [got] = sink.received
+    envelope = Webhook(secret).verify(got.body, got.headers)
+    [row] = await dep.logged()
+    assert envelope["id"] == row.id == got.headers["webhook-id"]
+    assert envelope["type"] == "UPDATE_MEMBER" and envelope["data"] == {"name": "Sam"}
+    assert envelope["source"] == "dispatch" and envelope["system_id"] == system_creds["system_id"]
+    with pytest.raises(Exception):
+        Webhook(_secret()).verify(got.body, got.headers)  # another key does not verify
+
+
+async def test_a_sink_failing_three_times_gets_the_same_id_until_it_succeeds(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+) -> None:
+    sink = _serve(sinks, respond=lambda n: 503 if n <= 3 else 204)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, _secret()))
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    await dep.work(FAST)
+    ids = [r.headers["webhook-id"] for r in sink.received]
+    assert len(ids) == 4 and len(set(ids)) == 1
+    [delivery] = await _deliveries(dep)
+    assert delivery.status == "delivered" and delivery.attempts == 4
+
+
+async def test_a_hung_sink_does_not_hold_up_another(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+) -> None:
+    release = threading.Event()
+    hung = _serve(sinks, respond=lambda n: 200 if release.wait(30) else 500)
+    fine = _serve(sinks)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(hung.url) + _sink(fine.url))
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    worker = asyncio.create_task(dep.work(FAST))
+    for _ in range(400):
+        if fine.received:
+            break
+        await asyncio.sleep(0.025)
+    assert len(fine.received) == 1, "the healthy sink waited for the hung one"
+    assert len(hung.received) == 1 and not release.is_set()  # the hung request is still in flight
+    release.set()
+    await worker
+    assert {d.status for d in await _deliveries(dep)} == {"delivered"}
+
+
+async def test_dead_letter_then_replay_with_the_same_id(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+) -> None:
+    healthy = threading.Event()
+    sink = _serve(sinks, respond=lambda n: 200 if healthy.is_set() else 500)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url))
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
+    [delivery] = await _deliveries(dep)
+    assert delivery.status == "dead" and delivery.attempts >= 2 and delivery.last_error == "HTTP 500"
+    failed = len(sink.received)
+
+    healthy.set()
+    engine = db.create_engine(dep.live().current.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(dep.redis_url))
+    assert await deliver.replay(engine, redis, dep.live().current.sinks, dead=True) == 1
+    await redis.aclose()
+    await engine.dispose()
+    await dep.work(FAST)
+    [delivery] = await _deliveries(dep)
+    assert delivery.status == "delivered"
+    assert len(sink.received) == failed + 1
+    assert len({r.headers["webhook-id"] for r in sink.received}) == 1
+
+
+async def test_replay_by_id_and_since_delivers_again(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+) -> None:
+    sink = _serve(sinks)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url))
+    start = datetime.now(UTC)
+    await _dispatch(dep, system_creds, _update(system_creds, "a"), _update(system_creds, "b"))
+    await dep.work(FAST)
+    first, second = await dep.logged()
+    engine = db.create_engine(dep.live().current.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(dep.redis_url))
+    sinks_now = dep.live().current.sinks
+    def ids() -> list[str]:
+        return sorted(r.headers["webhook-id"] for r in sink.received)
+
+    assert ids() == [first.id, second.id]
+    assert await deliver.replay(engine, redis, sinks_now, event_ids=[first.id]) == 1
+    await dep.work(FAST)
+    assert ids() == [first.id, first.id, second.id]
+    assert await deliver.replay(engine, redis, sinks_now, since=start) == 2
+    await dep.work(FAST)
+    await redis.aclose()
+    await engine.dispose()
+    assert ids() == [first.id] * 3 + [second.id] * 2
+
+
+async def test_sinks_only_get_the_types_and_systems_they_ask_for(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+) -> None:
+    switches, members, other = _serve(sinks), _serve(sinks), _serve(sinks)
+    extra = (_sink(switches.url, events=["CREATE_SWITCH"]) + _sink(members.url, events=["UPDATE_MEMBER"],
+             systems=["home"]) + _sink(other.url, systems=["away"]))
+    extra += '\n[[systems]]\nname = "away"\nsystem_id = "7f6e5d4c-0000-4000-8000-000000000000"\n'
+    dep = await _deployment(tmp_path, redis_server, system_creds, extra)
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    await dep.work(FAST)
+    assert (len(switches.received), len(members.received), len(other.received)) == (0, 1, 0)
