@@ -43,7 +43,7 @@ class Deployment:
 
     async def work(self, retry_policy: RetryPolicy | None = None) -> None:
         """Run one arq worker until the queue (deferred retries included) is empty."""
-        worker = Worker(**worker_settings(self.live(), self.redis_url, retry_policy), burst=True, poll_delay=0.02)
+        worker = Worker(**worker_settings(self.live(), self.redis_url, retry_policy), burst=True)
         try:
             await worker.main()
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from pkrelay.redis_server import free_port
 class Received:
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -39,7 +41,8 @@ class SinkServer:
             status = await asyncio.to_thread(self.respond, len(self.received))
             return Response(b"", status_code=status)
 
-        config = uvicorn.Config(Litestar([hook]), port=self.port, log_level="warning", lifespan="off")
+        app = Litestar([hook], logging_config=None)
+        config = uvicorn.Config(app, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

@@ -46,6 +46,9 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
         "on_shutdown": shutdown,
         "job_timeout": JOB_TIMEOUT_S,
         "max_jobs": 20,
+        # arq polls rather than blocks; at 20 ms an event crosses its two jobs (ingest,
+        # deliver) in tens of milliseconds, for about 50 cheap Redis calls a second.
+        "poll_delay": 0.02,
         "keep_result": 0,  # the event log is the record; results would only fill Redis
         "handle_signals": True,
     }

@@ -1,0 +1,106 @@
+"""End-to-end latency: from the dispatch POST to a webhook sink receiving the event.
+
+Runs `pkrelay run` as a user would (embedded Redis, SQLite, one worker) with one
+webhook sink served by this process, sends dispatches at a fixed 20/s and reports
+p50/p95 of POST-to-receipt, then sends a burst and reports deliveries per second.
+
+    python -m tests.bench.bench_delivery
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from pkrelay.redis_server import free_port
+from tests.fakepk.dispatcher import HEADERS, MEMBER_ID, body, new_system_id, new_token
+from tests.harness import write_config
+from tests.sink_server import SinkServer
+
+RATE = 20
+SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
+BURST = int(os.environ.get("BENCH_BURST", "2000"))
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="pkrelay-bench-"))
+    arrivals: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def respond(_n: int) -> int:
+        return 200
+
+    sink = SinkServer(respond=respond)
+    sink.start()
+    token, system_id = new_token(), new_system_id()
+    port = free_port()
+    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
+                       [{"name": "home", "system_id": system_id, "signing_token": token}],
+                       extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+    try:
+        for _ in range(300):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+        def seen() -> dict[str, float]:
+            with lock:
+                for r in sink.received[len(arrivals):]:
+                    arrivals[json.loads(r.body)["data"]["name"]] = r.at
+            return arrivals
+
+        sent: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for i in range(RATE * SECONDS):
+            delay = t0 + i / RATE - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            name = f"steady-{i}"
+            sent[name] = time.perf_counter()
+            r = client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, MEMBER_ID, {"name": name}),
+                            headers=HEADERS)
+            assert r.status_code == 200
+        deadline = time.perf_counter() + 30
+        while len(seen()) < len(sent) and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        latencies = [(arrivals[n] - t) * 1000 for n, t in sent.items() if n in arrivals]
+
+        burst_start = time.perf_counter()
+        for i in range(BURST):
+            client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, MEMBER_ID,
+                                                  {"name": f"burst-{i}"}), headers=HEADERS)
+        posted = time.perf_counter()
+        deadline = time.perf_counter() + 300
+        while len(seen()) < len(sent) + BURST and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        burst_done = max(arrivals.values())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        sink.stop()
+
+    q = statistics.quantiles(latencies, n=100)
+    print(f"\nsteady {RATE} events/s for {SECONDS} s: {len(latencies)}/{len(sent)} delivered, "
+          f"POST-to-sink p50 {q[49]:.1f} ms, p95 {q[94]:.1f} ms, max {max(latencies):.1f} ms")
+    print(f"burst of {BURST}: posted in {posted - burst_start:.1f} s, all delivered after "
+          f"{burst_done - burst_start:.1f} s: {BURST / (burst_done - burst_start):.0f} deliveries/s "
+          f"(one worker, SQLite)")
+
+
+if __name__ == "__main__":
+    main()
