@@ -88,6 +88,7 @@ class RedisConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = ""
+    retention_days: int = 30  # the event log keeps this many days; pruned hourly
 
 
 class SystemConfig(_Section, kw_only=True):

@@ -8,6 +8,7 @@ from litestar.openapi import OpenAPIConfig
 
 from pkrelay import __version__
 from pkrelay.config import LiveSettings
+from receiver.api import api_router
 from receiver.dispatch import dispatch_handler
 from receiver.ops import healthz, prometheus, readyz
 from receiver.relay import Relay
@@ -17,7 +18,7 @@ def create_app(live: LiveSettings, redis_url: str) -> Litestar:
     settings = live.current
     relay = Relay(live, redis_url)
     return Litestar(
-        route_handlers=[dispatch_handler(settings.server.dispatch_path), healthz, readyz, prometheus],
+        route_handlers=[dispatch_handler(settings.server.dispatch_path), healthz, readyz, prometheus, api_router],
         lifespan=[relay.lifespan],
         state=State({"relay": relay}),
         request_max_body_size=settings.server.max_body_bytes,

@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 import httpx
-from arq import func
+from arq import cron, func
 from arq.connections import RedisSettings
 
 from pkrelay import db, logs
 from pkrelay.config import LiveSettings, Settings
 from workers.deliver import RetryPolicy, deliver
 from workers.ingest import ingest_dispatch
+from workers.retention import prune_events
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
 # 2-minute redelivery guarantee of SPEC.md needs job_timeout well under 110 s.
@@ -41,6 +42,7 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
         # Every start counts toward max_tries, so deliveries get room for the whole
         # retry window (about 60 attempts at most); the window, not arq, dead-letters.
         "functions": [ingest_dispatch, func(deliver, max_tries=200)],
+        "cron_jobs": [cron(prune_events, minute=17, run_at_startup=True)],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,

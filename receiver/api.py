@@ -1,0 +1,41 @@
+"""/api/*: the event log and the systems, for operators (Bearer admin_token)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Request, Router, get
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.handlers import BaseRouteHandler
+from litestar.params import QueryParameter
+
+from pkrelay import eventlog
+from pkrelay.envelope import Event
+from receiver.relay import Relay
+
+
+def admin_only(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
+    """404 while no admin_token is set (the API is off), 401 without the right one."""
+    token = connection.app.state.relay.live.current.server.admin_token
+    if not token:
+        raise NotFoundException()
+    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.matches(given.strip()):
+        raise NotAuthorizedException("a valid admin token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+@get("/events", summary="The event log, newest first")
+async def list_events(
+    request: Request,
+    system: Annotated[str | None, QueryParameter(description="system name or UUID")] = None,
+    event_type: Annotated[str | None, QueryParameter(name="type", description="event type")] = None,
+    since: Annotated[datetime | None, QueryParameter(description="ISO 8601 time")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> list[Event]:
+    relay: Relay = request.app.state.relay
+    return await eventlog.query(relay.engine, system=system, event_type=event_type, since=since, limit=limit)
+
+
+api_router = Router(path="/api", route_handlers=[list_events], guards=[admin_only])

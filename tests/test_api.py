@@ -1,0 +1,81 @@
+"""/api/events for operators, and the retention of the log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from litestar.testing import AsyncTestClient
+
+from pkrelay import db
+from pkrelay.envelope import new_event_id
+from pkrelay.redis_server import EmbeddedRedis
+from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
+from tests.harness import Deployment, write_config
+from workers.retention import prune_events
+
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], admin: str) -> Deployment:
+    extra = f'\n[server]\nadmin_token = "{admin}"\n'
+    dep = Deployment(write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra), redis.url)
+    await dep.migrate()
+    return dep
+
+
+async def test_events_api_filters_newest_first_behind_the_admin_token(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str]
+) -> None:
+    dep = await _deployment(tmp_path, redis_server, system_creds, ADMIN)
+    token, system_id = system_creds["signing_token"], system_creds["system_id"]
+    async with AsyncTestClient(app=dep.app()) as client:
+        dispatcher = FakeDispatcher(client, "/dispatch")
+        for name in ("a", "b", "c"):
+            await dispatcher.send(body("UPDATE_MEMBER", token, system_id, MEMBER_ID, {"name": name}))
+        await dispatcher.send(body("UPDATE_SYSTEM", token, system_id, None, {"name": "sys"}))
+        await dep.work()
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        everything = (await client.get("/api/events", headers=auth)).json()
+        assert [e["type"] for e in everything] == ["UPDATE_SYSTEM"] + ["UPDATE_MEMBER"] * 3
+        members = (await client.get("/api/events", params={"type": "UPDATE_MEMBER", "limit": 2},
+                                    headers=auth)).json()
+        assert [e["data"]["name"] for e in members] == ["c", "b"]
+        assert len((await client.get("/api/events", params={"system": "home"}, headers=auth)).json()) == 4
+        assert len((await client.get("/api/events", params={"system": system_id}, headers=auth)).json()) == 4
+        future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        assert (await client.get("/api/events", params={"since": future}, headers=auth)).json() == []
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN}):
+            answer = await client.get("/api/events", headers=headers)
+            assert answer.status_code == 401 and ADMIN not in answer.text
+        assert (await client.get("/api/events", params={"limit": 0}, headers=auth)).status_code == 400
+
+
+async def test_events_api_is_off_without_an_admin_token(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str]
+) -> None:
+    dep = await _deployment(tmp_path, redis_server, system_creds, "")
+    async with AsyncTestClient(app=dep.app()) as client:
+        assert (await client.get("/api/events", headers={"Authorization": "Bearer "})).status_code == 404
+
+
+async def test_retention_prunes_only_old_events(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str]
+) -> None:
+    dep = await _deployment(tmp_path, redis_server, system_creds, "")
+    engine = db.create_engine(dep.live().current.database_url)
+    now = datetime.now(UTC)
+    ids = {}
+    async with engine.begin() as conn:
+        for label, age in (("old", timedelta(days=31)), ("recent", timedelta(days=29))):
+            ids[label] = new_event_id()
+            await conn.execute(db.events.insert().values(
+                id=ids[label], type="UPDATE_SYSTEM", source="dispatch", system="home", system_id=None,
+                entity_id=None, received_at=now - age, data={}, entity=None, previous=None))
+            await conn.execute(db.deliveries.insert().values(event_id=ids[label], sink="webhook-x",
+                                                             status="delivered", attempts=1))
+    assert await prune_events({"live": dep.live(), "engine": engine}) == 1
+    async with engine.connect() as conn:
+        assert [r.id for r in (await conn.execute(db.events.select())).all()] == [ids["recent"]]
+        assert [r.event_id for r in (await conn.execute(db.deliveries.select())).all()] == [ids["recent"]]
+    await engine.dispose()
