@@ -70,20 +70,24 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
     """Attempt one delivery; returns the outcome, raises Retry to try again later."""
     engine = ctx["engine"]
     sink = next((s for s in ctx["live"].current.sinks if s.key == sink_key), None)
+    e, d = db.events, db.deliveries
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(db.events).where(db.events.c.id == event_id))).first()
-        state = (await conn.execute(sa.select(db.deliveries.c.status).where(
-            db.deliveries.c.event_id == event_id, db.deliveries.c.sink == sink_key))).scalar()
-    if row is None or state != "pending":
+        row = (await conn.execute(
+            sa.select(e, d.c.status.label("delivery_status"), d.c.attempts.label("delivery_attempts"),
+                      d.c.first_attempt_at)
+            .join(d, d.c.event_id == e.c.id).where(e.c.id == event_id, d.c.sink == sink_key)
+        )).first()
+    if row is None or row.delivery_status != "pending":
         return "nothing to do"
+    event = row_to_event(row)
     if sink is None:
-        await _finish(engine, event_id, sink_key, "dead", "the sink is no longer configured")
+        await _settle(engine, event_id, sink_key, "dead", "the sink is no longer configured")
         return "dead"
-    envelope: dict[str, Any] | None = msgspec.to_builtins(row_to_event(row))
+    envelope: dict[str, Any] | None = msgspec.to_builtins(event)
     if sink.public_only and envelope is not None:
         envelope = privacy.strip(envelope, system=None)
     if envelope is None:
-        await _finish(engine, event_id, sink_key, "skipped", "nothing public in this event")
+        await _settle(engine, event_id, sink_key, "skipped", "nothing public in this event")
         DELIVERIES.labels(sink_key, "skipped").inc()
         return "skipped"
     body = msgspec.json.encode(envelope)
@@ -99,49 +103,44 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
             error = "MQTT delivery is not available in this version"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    duration_ms = (time.perf_counter() - started) * 1000
-    attempts, first = await _record(engine, event_id, sink_key, status_code, error, duration_ms)
-    if error is None:
-        await _finish(engine, event_id, sink_key, "delivered", None)
-        DELIVERIES.labels(sink_key, "delivered").inc()
-        DELIVERY_LATENCY.labels(sink_key).observe((datetime.now(UTC) - row_to_event(row).received_at).total_seconds())
-        return "delivered"
+    attempt = {"status_code": status_code, "error": error, "duration_ms": (time.perf_counter() - started) * 1000}
+    now = datetime.now(UTC)
+    attempts = row.delivery_attempts + 1
+    first = row.first_attempt_at.replace(tzinfo=UTC) if row.first_attempt_at else now
     policy: RetryPolicy = ctx["retry_policy"]
-    if datetime.now(UTC) - first >= timedelta(seconds=policy.window):
-        await _finish(engine, event_id, sink_key, "dead", error)
-        DELIVERIES.labels(sink_key, "dead").inc()
+    if error is None:
+        outcome = "delivered"
+        DELIVERY_LATENCY.labels(sink_key).observe((now - event.received_at).total_seconds())
+    elif now - first >= timedelta(seconds=policy.window):
+        outcome = "dead"
         DEAD_LETTERED.labels(sink_key).inc()
         log.warning("dead-lettered %s for sink %s after %d attempts: %s", event_id, sink_key, attempts, error)
-        return "dead"
-    DELIVERIES.labels(sink_key, "failed").inc()
+    else:
+        outcome = "failed"
+    await _settle(engine, event_id, sink_key, "pending" if outcome == "failed" else outcome, error, attempt)
+    DELIVERIES.labels(sink_key, outcome).inc()
+    if outcome != "failed":
+        return outcome
     delay = policy.delay(attempts)
     log.info("delivery of %s to %s failed (%s), attempt %d, retrying in %.1f s",
              event_id, sink_key, error, attempts, delay)
     raise Retry(defer=delay)
 
 
-async def _record(engine: Any, event_id: str, sink: str, status_code: int | None, error: str | None,
-                  duration_ms: float) -> tuple[int, datetime]:
+async def _settle(engine: Any, event_id: str, sink: str, status: str, error: str | None,
+                  attempt: dict[str, Any] | None = None) -> None:
+    """Record the attempt (if one was made) and the delivery's new state, in one transaction."""
     now = datetime.now(UTC)
-    t = db.deliveries
-    async with engine.begin() as conn:
-        await conn.execute(db.delivery_attempts.insert().values(
-            event_id=event_id, sink=sink, at=now, status_code=status_code, error=error, duration_ms=duration_ms))
-        await conn.execute(t.update().where(t.c.event_id == event_id, t.c.sink == sink).values(
-            attempts=t.c.attempts + 1, last_attempt_at=now, last_error=error,
-            first_attempt_at=sa.func.coalesce(t.c.first_attempt_at, now)))
-        attempts, first = (await conn.execute(sa.select(t.c.attempts, t.c.first_attempt_at).where(
-            t.c.event_id == event_id, t.c.sink == sink))).one()
-    return attempts, first.replace(tzinfo=first.tzinfo or UTC)
-
-
-async def _finish(engine: Any, event_id: str, sink: str, status: str, error: str | None) -> None:
-    t = db.deliveries
+    d = db.deliveries
     values: dict[str, Any] = {"status": status, "last_error": error}
     if status == "delivered":
-        values["delivered_at"] = datetime.now(UTC)
+        values["delivered_at"] = now
     async with engine.begin() as conn:
-        await conn.execute(t.update().where(t.c.event_id == event_id, t.c.sink == sink).values(**values))
+        if attempt is not None:
+            await conn.execute(db.delivery_attempts.insert().values(event_id=event_id, sink=sink, at=now, **attempt))
+            values |= {"attempts": d.c.attempts + 1, "last_attempt_at": now,
+                       "first_attempt_at": sa.func.coalesce(d.c.first_attempt_at, now)}
+        await conn.execute(d.update().where(d.c.event_id == event_id, d.c.sink == sink).values(**values))
 
 
 async def replay(engine: Any, redis: ArqRedis, sinks: list[Sink], *, event_ids: list[str] | None = None,
