@@ -62,6 +62,20 @@ delivery_attempts = sa.Table(
     sa.Index("ix_delivery_attempts_event", "event_id", "sink"),
 )
 
+# The state store: the last known version of each entity, as the API returns it.
+# kind: system | settings | fronters (key = system UUID), member | group | switch (key = its UUID).
+state = sa.Table(
+    "state",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("system_id", sa.String(64), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=True),  # last confirmed by the API
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_state_system_kind", "system_id", "kind"),
+)
+
 
 def _json_dumps(value: Any) -> str:
     return msgspec.json.encode(value).decode()

@@ -44,25 +44,42 @@ def connect(url: str, timeout: float = 1.0) -> Redis:
     return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False)
 
 
+def pending_key(system: str) -> str:
+    """A system's events not yet logged, oldest first (a sorted set of event ids)."""
+    return f"pkrelay:pending:{system}"
+
+
+def payloads_key(system: str) -> str:
+    """The payloads of a system's pending events, so any worker can log them in order."""
+    return f"pkrelay:payloads:{system}"
+
+
 # arq's job layout (a job key holding the serialized job, the id in the queue's sorted
-# set) written for a whole batch by one atomic command: one request to pack and one
-# reply to parse, where MULTI/EXEC costs two of each per job.
+# set) written for a whole batch by one atomic command, with each event's place in its
+# system's pending set: one request to pack and one reply to parse, where MULTI/EXEC
+# costs two of each per command.
 _ENQUEUE_LUA = """
+local n = (#KEYS - 1) / 3
 local expiry, score = ARGV[1], ARGV[2]
-for i = 2, #KEYS do
-  redis.call('PSETEX', KEYS[i], expiry, ARGV[i + 1])
-  redis.call('ZADD', KEYS[1], score, ARGV[#KEYS + i])
+for i = 1, n do
+  local id, payload = ARGV[2 + n + i], ARGV[2 + 2 * n + i]
+  redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[2 + i])
+  redis.call('ZADD', KEYS[1], score, id)
+  redis.call('ZADD', KEYS[1 + n + i], 0, id)
+  redis.call('HSET', KEYS[1 + 2 * n + i], id, payload)
 end
-return #KEYS - 1
+return n
 """
 
 
-async def enqueue(redis: Redis, items: list[tuple[str, bytes]], function: str = INGEST_JOB) -> None:
-    """Enqueue (job id, payload) pairs as arq jobs, atomically, in a single round trip."""
+async def enqueue(redis: Redis, items: list[tuple[str, str, bytes]], function: str = INGEST_JOB) -> None:
+    """Enqueue (event id, system, payload) as arq jobs, atomically, in one round trip."""
     now = int(time.time() * 1000)
-    keys = [default_queue_name] + [job_key_prefix + job_id for job_id, _ in items]
-    jobs = [serialize_job(function, (payload,), {}, None, now) for _, payload in items]
-    await redis.eval(_ENQUEUE_LUA, len(keys), *keys, JOB_EXPIRY_MS, now, *jobs, *(job_id for job_id, _ in items))
+    keys = [default_queue_name, *(job_key_prefix + i for i, _, _ in items),
+            *(pending_key(s) for _, s, _ in items), *(payloads_key(s) for _, s, _ in items)]
+    jobs = [serialize_job(function, (payload,), {}, None, now) for _, _, payload in items]
+    await redis.eval(_ENQUEUE_LUA, len(keys), *keys, JOB_EXPIRY_MS, now, *jobs, *(i for i, _, _ in items),
+                     *(p for _, _, p in items))
 
 
 async def depth(redis: Redis) -> int:
@@ -73,19 +90,19 @@ class Batcher:
     """Group commit: jobs enqueued while a round trip is in flight share the next one.
 
     Under load the receiver's cost is the Redis round trip, not the request; letting
-    concurrent requests share one MULTI/EXEC keeps each answer one round trip away
+    concurrent requests share one call keeps each answer one round trip away
     while the server does a fraction of the work. Nothing waits for a timer.
     """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[tuple[str, str, bytes], asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def enqueue(self, job_id: str, payload: bytes) -> None:
+    async def enqueue(self, event_id: str, system: str, payload: bytes) -> None:
         """Return once the job is in Redis; raise what the round trip raised."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((job_id, payload, future))
+        self._pending.append(((event_id, system, payload), future))
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
         await future
@@ -96,10 +113,10 @@ class Batcher:
                 batch, self._pending = self._pending, []
                 error: Exception | None = None
                 try:
-                    await enqueue(self.redis, [(job_id, payload) for job_id, payload, _ in batch])
+                    await enqueue(self.redis, [item for item, _ in batch])
                 except Exception as exc:  # every waiter learns of the failure
                     error = exc
-                for _, _, future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(error) if error else future.set_result(None)
         finally:

@@ -97,7 +97,7 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
             entity_id=dispatch.id,
             data=bytes(dispatch.data) or b"null",
         ))
-        outcome = await relay.store(event_id, payload)
+        outcome = await relay.store(event_id, system.name, payload)
         EVENTS_RECEIVED.labels(dispatch.type, outcome).inc()
         if outcome == "unavailable":
             return _answer(503, "the event could not be stored; nothing was kept")

@@ -29,11 +29,11 @@ class Relay:
         self.engine = db.create_engine(settings.database_url)
         self.spool = Spool(settings.data_path / "spool")
 
-    async def store(self, event_id: str, payload: bytes) -> Outcome:
+    async def store(self, event_id: str, system: str, payload: bytes) -> Outcome:
         """Queue the event, or spool it when Redis cannot take it."""
         if not self.spool.pending:
             try:
-                await self.batcher.enqueue(event_id, payload)
+                await self.batcher.enqueue(event_id, system, payload)
                 return "queued"
             except (RedisError, OSError) as exc:
                 log.warning("queue unavailable, spooling %s: %s", event_id, exc)

@@ -63,7 +63,8 @@ class Spool:
             if not files:
                 self.pending = False
                 return moved
-            items = [(f.name.removesuffix(SUFFIX), f.read_bytes()) for f in files]
+            payloads = [f.read_bytes() for f in files]
+            items = [(f.name.removesuffix(SUFFIX), queue.decode(p).system, p) for f, p in zip(files, payloads)]
             await queue.enqueue(redis, items)
             for f in files:
                 f.unlink(missing_ok=True)

@@ -9,7 +9,8 @@ import pytest
 
 from pkrelay.redis_server import EmbeddedRedis
 from tests import postgres
-from tests.fakepk.dispatcher import new_system_id, new_token
+from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.fakepk.dispatcher import new_token
 from tests.harness import Deployment, write_config
 
 
@@ -38,14 +39,31 @@ def pg_url(pg_cluster: postgres.Cluster, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def system_creds() -> dict[str, str]:
-    return {"name": "home", "system_id": new_system_id(), "signing_token": new_token()}
+def fake_pk() -> Iterator[FakePluralKit]:
+    """A fake PluralKit API served on loopback, limiter and privacy included."""
+    fake = FakePluralKit()
+    fake.start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture
-async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str]) -> Deployment:
-    """A configured pkrelay (one system, SQLite under tmp_path), schema migrated."""
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds])
+def fake_system(fake_pk: FakePluralKit) -> FakeSystem:
+    return fake_pk.add_system("Example")
+
+
+@pytest.fixture
+def system_creds(fake_system: FakeSystem) -> dict[str, str]:
+    """The configured system: the fake's, with its API token and a signing token."""
+    return {"name": "home", "system_id": fake_system.uuid, "signing_token": new_token(),
+            "api_token": fake_system.token}
+
+
+@pytest.fixture
+async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str],
+                     fake_pk: FakePluralKit) -> Deployment:
+    """A configured pkrelay (one system, SQLite under tmp_path, the fake API), schema migrated."""
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], api_base_url=fake_pk.base_url)
     dep = Deployment(cfg, redis_server.url)
     await dep.migrate()
     return dep

@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
+from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
@@ -54,8 +55,9 @@ def _serve(sinks: list[SinkServer], respond=lambda n: 200) -> SinkServer:  # typ
     return server
 
 
-async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], extra: str) -> Deployment:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra)
+async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], extra: str,
+                      fake: FakePluralKit) -> Deployment:
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra, api_base_url=fake.base_url)
     dep = Deployment(cfg, redis.url)
     await dep.migrate()
     return dep
@@ -81,11 +83,12 @@ async def _deliveries(dep: Deployment) -> list[sa.Row]:
 
 
 async def test_signed_delivery_verifies_with_an_independent_library(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
 ) -> None:
     secret = _secret()
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, secret))
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, secret), fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     [got] = sink.received
@@ -99,10 +102,11 @@ async def test_signed_delivery_verifies_with_an_independent_library(
 
 
 async def test_a_sink_failing_three_times_gets_the_same_id_until_it_succeeds(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
 ) -> None:
     sink = _serve(sinks, respond=lambda n: 503 if n <= 3 else 204)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, _secret()))
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, _secret()), fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     ids = [r.headers["webhook-id"] for r in sink.received]
@@ -112,12 +116,13 @@ async def test_a_sink_failing_three_times_gets_the_same_id_until_it_succeeds(
 
 
 async def test_a_hung_sink_does_not_hold_up_another(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
 ) -> None:
     release = threading.Event()
     hung = _serve(sinks, respond=lambda n: 200 if release.wait(30) else 500)
     fine = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(hung.url) + _sink(fine.url))
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(hung.url) + _sink(fine.url), fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     worker = asyncio.create_task(dep.work(FAST))
     for _ in range(400):
@@ -132,11 +137,12 @@ async def test_a_hung_sink_does_not_hold_up_another(
 
 
 async def test_dead_letter_then_replay_with_the_same_id(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
 ) -> None:
     healthy = threading.Event()
     sink = _serve(sinks, respond=lambda n: 200 if healthy.is_set() else 500)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url))
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
     [delivery] = await _deliveries(dep)
@@ -157,10 +163,11 @@ async def test_dead_letter_then_replay_with_the_same_id(
 
 
 async def test_replay_by_id_and_since_delivers_again(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
 ) -> None:
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url))
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
     start = datetime.now(UTC)
     await _dispatch(dep, system_creds, _update(system_creds, "a"), _update(system_creds, "b"))
     await dep.work(FAST)
@@ -183,13 +190,14 @@ async def test_replay_by_id_and_since_delivers_again(
 
 
 async def test_sinks_only_get_the_types_and_systems_they_ask_for(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
 ) -> None:
     switches, members, other = _serve(sinks), _serve(sinks), _serve(sinks)
     extra = (_sink(switches.url, events=["CREATE_SWITCH"]) + _sink(members.url, events=["UPDATE_MEMBER"],
              systems=["home"]) + _sink(other.url, systems=["away"]))
     extra += '\n[[systems]]\nname = "away"\nsystem_id = "7f6e5d4c-0000-4000-8000-000000000000"\n'
-    dep = await _deployment(tmp_path, redis_server, system_creds, extra)
+    dep = await _deployment(tmp_path, redis_server, system_creds, extra, fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     assert (len(switches.received), len(members.received), len(other.received)) == (0, 1, 0)

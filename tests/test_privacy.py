@@ -12,6 +12,7 @@ from arq.connections import RedisSettings
 
 from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
+from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID
 from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
@@ -80,7 +81,7 @@ def test_a_message_loses_its_sender_and_private_member_fields() -> None:
 
 
 async def test_a_public_only_sink_receives_the_stripped_envelope_and_a_private_sink_all(
-    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str]
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
     public, private = SinkServer(), SinkServer()
     public.start()
@@ -88,8 +89,9 @@ async def test_a_public_only_sink_receives_the_stripped_envelope_and_a_private_s
     try:
         extra = (f'\n[[sinks]]\ntype = "webhook"\nurl = "{public.url}"\npublic_only = true\n'
                  f'\n[[sinks]]\ntype = "webhook"\nurl = "{private.url}"\n')
-        dep = Deployment(write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], extra=extra),
-                         redis_server.url)
+        cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], extra=extra,
+                           api_base_url=fake_pk.base_url)
+        dep = Deployment(cfg, redis_server.url)
         await dep.migrate()
         # An event as enrichment logs it: with the full member in `entity`.
         engine = db.create_engine(dep.live().current.database_url)

@@ -10,9 +10,9 @@ from pkrelay.redis_server import EmbeddedRedis
 from tests.harness import Deployment
 
 
-def _job(i: int, system_id: str) -> tuple[str, bytes]:
+def _job(i: int, system_id: str) -> tuple[str, str, bytes]:
     event_id = new_event_id()
-    return event_id, queue.encode(queue.QueuedDispatch(
+    return event_id, "home", queue.encode(queue.QueuedDispatch(
         event_id=event_id, received_ms=int(time.time() * 1000), system="home", type="UPDATE_SYSTEM",
         system_id=system_id, entity_id=None, data=b'{"name":"n%d"}' % i,
     ))

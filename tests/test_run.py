@@ -18,6 +18,7 @@ import pytest
 from pkrelay import config, eventlog
 from pkrelay import db as pkdb
 from pkrelay.redis_server import free_port
+from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import write_config
 
@@ -48,10 +49,11 @@ def _child(run: psutil.Process, word: str) -> psutil.Process | None:
 
 
 @pytest.fixture
-def running(tmp_path: Path, system_creds: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+def running(tmp_path: Path, system_creds: dict[str, str],
+            fake_pk: FakePluralKit) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()
     cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds],
-                       extra=f"\n[server]\nport = {port}\n")
+                       extra=f"\n[server]\nport = {port}\n", api_base_url=fake_pk.base_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
     proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ from arq.connections import RedisSettings
 
 from pkrelay import db, logs
 from pkrelay.config import LiveSettings, Settings
+from workers.api import close_clients
 from workers.deliver import RetryPolicy, deliver
 from workers.ingest import ingest_dispatch
 from workers.retention import prune_events
@@ -35,13 +36,16 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         ctx["watcher"].cancel()
+        await close_clients(ctx)
         await ctx["http"].aclose()
         await ctx["engine"].dispose()
 
     return {
-        # Every start counts toward max_tries, so deliveries get room for the whole
-        # retry window (about 60 attempts at most); the window, not arq, dead-letters.
-        "functions": [ingest_dispatch, func(deliver, max_tries=200)],
+        # Every start counts toward max_tries (waiting for a system's older event too),
+        # so arq's bound is only a backstop: the jobs themselves decide when to stop
+        # (ingest logs without entity after ENRICH_ATTEMPTS; deliveries dead-letter
+        # after their retry window).
+        "functions": [func(ingest_dispatch, max_tries=10_000), func(deliver, max_tries=200)],
         "cron_jobs": [cron(prune_events, minute=17, run_at_startup=True)],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "on_startup": startup,

@@ -1,0 +1,91 @@
+"""A rate limiter shared by every process that uses one token, held in Redis.
+
+PluralKit limits each token (or IP) per scope with GCRA, burst = rate, over 1 s, and
+rounds the remaining budget down, so the last request of a full burst is refused.
+We keep a sliding one-second log per (scope, key) in Redis and admit at most
+rate - 1 requests in any window: never more than the configured rate in any sliding
+second, across processes and restarts, and never the refused last request of a burst.
+The clock is Redis's own, so processes on machines with skewed clocks agree.
+
+A 429 (or a response saying no budget remains) sets a pause that every process
+honours before asking again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from pkrelay.pluralkit.errors import RateLimitWaitExceeded
+
+WINDOW_MS = 1000
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local pause = redis.call('PTTL', KEYS[2])
+if pause > 0 then return pause end
+local window = tonumber(ARGV[1]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 1000)
+  return 0
+end
+local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+return math.max(1, math.ceil((oldest + window - now) / 1000))
+"""
+
+
+def token_key(token: str) -> str:
+    """Redis keys name a token by a hash, never by the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anon"
+
+
+@dataclass(frozen=True)
+class Rates:
+    get: float = 10
+    update: float = 3
+    message: float = 10
+
+
+class Limiter:
+    def __init__(self, redis: Redis, rates: Rates, key: str) -> None:
+        self.redis = redis
+        self.rates = rates
+        self.key = key
+        self._acquire = redis.register_script(_ACQUIRE)
+
+    def _keys(self, scope: str) -> list[str]:
+        base = f"pkrelay:rl:{scope}:{self.key}"
+        return [base, base + ":pause"]
+
+    def rate(self, scope: str) -> float:
+        return float(getattr(self.rates, scope))
+
+    async def acquire(self, scope: str, max_wait: float) -> float:
+        """Wait for a slot; returns the seconds waited. Raises RateLimitWaitExceeded when
+        the wait would pass `max_wait`, so an arq job is deferred instead of blocking."""
+        limit = max(1, int(self.rate(scope)) - 1)
+        waited = 0.0
+        while True:
+            member = f"{time.time_ns()}:{id(self)}:{waited}"
+            wait_ms = int(await self._acquire(keys=self._keys(scope), args=[WINDOW_MS, limit, member]))
+            if wait_ms == 0:
+                return waited
+            if waited + wait_ms / 1000 > max_wait:
+                raise RateLimitWaitExceeded(wait_ms / 1000)
+            await asyncio.sleep(wait_ms / 1000)
+            waited += wait_ms / 1000
+
+    async def pause(self, scope: str, seconds: float) -> None:
+        """Nobody sharing this key asks again for `seconds` (at least one interval)."""
+        ms = max(int(seconds * 1000), int(1000 / self.rate(scope)), 1)
+        pause_key = self._keys(scope)[1]
+        current = await self.redis.pttl(pause_key)
+        if current < ms:
+            await self.redis.set(pause_key, b"1", px=ms)

@@ -1,0 +1,187 @@
+"""Enrichment: the entity as it is now, and as pkrelay knew it before, for each event.
+
+What each type fetches (and why) is the table in README.md. Two rules shape it:
+
+* Fresh, not stale. PluralKit dispatches member, guild and autoproxy changes *before*
+  writing them, and API-created members and groups before the commit, so a GET made
+  at once can return the old entity or a 404. We merge the event's `data` over what
+  we fetch (or over the stored entity, below) instead of trusting the read: `data`
+  holds exactly the keys that changed, so the merge is the new entity whichever
+  version the API returned, and it costs no second call.
+* Bursts cost little. An entity the API confirmed less than `FRESH` seconds ago is
+  not fetched again: the next event merges its `data` over the stored version. A user
+  editing a member ten times in a few seconds costs one call, not ten.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pkrelay.pluralkit import errors
+from pkrelay.pluralkit.client import PluralKitClient
+from workers import state
+
+log = logging.getLogger("pkrelay.enrich")
+FRESH = timedelta(seconds=10)
+
+# The state kind each event type is about, and whether it creates, updates or deletes it.
+KINDS: dict[str, tuple[str, str]] = {
+    "UPDATE_SYSTEM": ("system", "update"),
+    "UPDATE_SETTINGS": ("settings", "update"),
+    "CREATE_MEMBER": ("member", "create"),
+    "UPDATE_MEMBER": ("member", "update"),
+    "DELETE_MEMBER": ("member", "delete"),
+    "CREATE_GROUP": ("group", "create"),
+    "UPDATE_GROUP": ("group", "update"),
+    "DELETE_GROUP": ("group", "delete"),
+    "CREATE_SWITCH": ("switch", "create"),
+    "UPDATE_SWITCH": ("switch", "update"),
+    "DELETE_SWITCH": ("switch", "delete"),
+}
+# Types whose payload already says everything there is to say: no call.
+AS_SENT = frozenset({"CREATE_MESSAGE", "UPDATE_AUTOPROXY", "UPDATE_SYSTEM_GUILD", "UPDATE_MEMBER_GUILD"})
+
+
+@dataclass
+class Enriched:
+    entity: Any = None
+    previous: Any = None
+    note: str | None = None  # why `entity` is null, for the log
+    calls: int = 0
+    writes: list[tuple[str, str, dict[str, Any] | None, datetime | None]] = field(default_factory=list)
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` over `base`, nested objects (privacy) key by key."""
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def builtins(model: Any) -> Any:
+    return msgspec.to_builtins(model)
+
+
+async def _fetch(client: PluralKitClient, kind: str, system_id: str, key: str) -> dict[str, Any]:
+    if kind == "system":
+        return builtins(await client.system(system_id))
+    if kind == "settings":
+        return builtins(await client.settings(system_id))
+    if kind == "member":
+        return builtins(await client.member(key))
+    if kind == "group":
+        return builtins(await client.group(key))
+    return builtins(await client.switch(system_id, key))
+
+
+async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str, system_id: str | None,
+                 entity_id: str | None, data: Any) -> Enriched:
+    """Read the store and the API; the state writes are returned, applied by the caller
+    in the transaction that logs the event. Transport errors propagate (the job retries)."""
+    if event_type in AS_SENT:
+        return Enriched(entity=data)
+    if event_type == "SUCCESSFUL_IMPORT" and system_id:
+        return await resync(conn, client, system_id)
+    if event_type == "DELETE_ALL_SWITCHES" and system_id:
+        fronters = await state.get(conn, "fronters", system_id)
+        return Enriched(previous=fronters.data if fronters else None,
+                        writes=[("switch", "*", None, None), ("fronters", system_id, None, None)])
+    if event_type not in KINDS or not system_id:
+        return Enriched(note="nothing to fetch for this event")
+    kind, action = KINDS[event_type]
+    key = system_id if kind in ("system", "settings") else entity_id
+    if not key:
+        return Enriched(note="the event names no entity")
+    stored = await state.get(conn, kind, key)
+    previous = stored.data if stored else None
+    if action == "delete":
+        return Enriched(previous=previous, writes=[(kind, key, None, None)])
+    patch = data if isinstance(data, dict) else {}
+    now = datetime.now(UTC)
+    result = Enriched(previous=previous if action == "update" else None)
+    if stored and stored.fetched_at and now - stored.fetched_at < FRESH:
+        base, fetched_at = stored.data, None
+    else:
+        try:
+            base = await _fetch(client, kind, system_id, key)
+            fetched_at = now
+        except errors.NotFound:
+            if action == "update":
+                return Enriched(previous=previous, note="gone since: the API answers 404", calls=1)
+            base, fetched_at = {}, None  # created but not committed yet: `data` is what exists
+        except errors.Forbidden as exc:
+            return Enriched(previous=previous, note=f"private: {exc}", calls=1)
+        result.calls = 1
+    entity = merge(base, patch)
+    if kind == "switch":
+        entity = await _switch_members(conn, entity, patch)
+    result.entity = entity
+    result.writes.append((kind, key, entity, fetched_at))
+    if kind == "switch":
+        current = await state.get(conn, "fronters", system_id)
+        if current is None or str(entity.get("timestamp", "")) >= str(current.data.get("timestamp", "")):
+            result.writes.append(("fronters", system_id, entity, fetched_at))
+    return result
+
+
+async def _switch_members(conn: AsyncConnection, switch: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Full member objects for a switch, in the order the dispatch gave.
+
+    Dispatches list member UUIDs; /switches/{id} answers full members, possibly of the
+    state before the change. The dispatch's list wins; each member comes from the
+    fetch, else the store, else is known only by its UUID.
+    """
+    members = switch.get("members") or []
+    if not any(isinstance(m, str) for m in members):
+        return switch
+    known = {m["uuid"]: m for m in members if isinstance(m, dict) and "uuid" in m}
+    wanted = [m for m in patch.get("members", members) if isinstance(m, str)]
+    stored = await state.get_many(conn, "member", [u for u in wanted if u not in known])
+    return {**switch, "members": [known.get(u) or stored.get(u) or {"uuid": u} for u in wanted]}
+
+
+async def resync(conn: AsyncConnection, client: PluralKitClient, system_id: str) -> Enriched:
+    """A full snapshot: after `pk;import`, which sends no dispatch for what it wrote."""
+    now = datetime.now(UTC)
+    result = Enriched(writes=[("member", "*", None, None), ("group", "*", None, None)])
+    system = builtins(await client.system(system_id))
+    result.writes.append(("system", system_id, system, now))
+    result.entity = system
+    calls = 1
+    for kind, fetch in (("settings", client.settings), ("fronters", client.fronters)):
+        try:
+            value = await fetch(system_id)
+            calls += 1
+        except errors.Forbidden:
+            calls += 1
+            continue
+        if value is not None:
+            result.writes.append((kind, system_id, builtins(value), now))
+    for kind, listing in (("member", client.members), ("group", lambda ref: client.groups(ref, with_members=True))):
+        try:
+            items = await listing(system_id)
+        except errors.Forbidden:
+            items = []
+        calls += 1
+        result.writes += [(kind, item["uuid"], item, now) for item in builtins(items)]
+    result.calls = calls
+    return result
+
+
+async def apply(conn: AsyncConnection, system_id: str, writes: list[tuple[str, str, dict[str, Any] | None,
+                                                                         datetime | None]]) -> None:
+    """Write an enrichment's state changes; key "*" with no data clears a whole kind."""
+    for kind, key, data, fetched_at in writes:
+        if key == "*":
+            await state.delete_kind(conn, system_id, kind)
+        elif data is None:
+            await state.delete(conn, kind, key)
+        else:
+            await state.put(conn, kind, key, system_id, data, fetched_at)
