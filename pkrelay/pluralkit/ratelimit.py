@@ -3,8 +3,10 @@
 PluralKit limits each token (or IP) per scope with GCRA, burst = rate, over 1 s, and
 rounds the remaining budget down, so the last request of a full burst is refused.
 We keep a sliding one-second log per (scope, key) in Redis and admit at most
-rate - 1 requests in any window: never more than the configured rate in any sliding
-second, across processes and restarts, and never the refused last request of a burst.
+rate - 1 requests in any window, spaced at least 1/(rate - 1) s apart: never more
+than the configured rate in any sliding second, across processes and restarts, never
+the refused last request of a burst, and no bursts for network jitter to squeeze
+into a window the server counts as over the limit.
 The clock is Redis's own, so processes on machines with skewed clocks agree.
 
 A 429 (or a response saying no budget remains) sets a pause that every process
@@ -29,15 +31,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return pause end
-local window = tonumber(ARGV[1]) * 1000
+local window, limit = tonumber(ARGV[1]) * 1000, tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 1000)
-  return 0
+local wait = 0
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if newest then wait = tonumber(newest) + window / limit - now end
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+  wait = math.max(wait, oldest + window - now)
 end
-local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-return math.max(1, math.ceil((oldest + window - now) / 1000))
+if wait > 0 then return math.max(1, math.ceil(wait / 1000)) end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 1000)
+return 0
 """
 
 
