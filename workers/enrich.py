@@ -121,7 +121,7 @@ async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str
         result.calls = 1
     entity = merge(base, patch)
     if kind == "switch":
-        entity = await _switch_members(conn, entity, patch)
+        entity["members"] = await _switch_members(conn, base.get("members") or [], patch.get("members"))
     result.entity = entity
     result.writes.append((kind, key, entity, fetched_at))
     if kind == "switch":
@@ -131,20 +131,18 @@ async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str
     return result
 
 
-async def _switch_members(conn: AsyncConnection, switch: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+async def _switch_members(conn: AsyncConnection, fetched: list[Any], sent: list[Any] | None) -> list[Any]:
     """Full member objects for a switch, in the order the dispatch gave.
 
     Dispatches list member UUIDs; /switches/{id} answers full members, possibly of the
     state before the change. The dispatch's list wins; each member comes from the
     fetch, else the store, else is known only by its UUID.
     """
-    members = switch.get("members") or []
-    if not any(isinstance(m, str) for m in members):
-        return switch
-    known = {m["uuid"]: m for m in members if isinstance(m, dict) and "uuid" in m}
-    wanted = [m for m in patch.get("members", members) if isinstance(m, str)]
-    stored = await state.get_many(conn, "member", [u for u in wanted if u not in known])
-    return {**switch, "members": [known.get(u) or stored.get(u) or {"uuid": u} for u in wanted]}
+    if sent is None:
+        return fetched
+    known = {m["uuid"]: m for m in fetched if isinstance(m, dict) and "uuid" in m}
+    stored = await state.get_many(conn, "member", [u for u in sent if isinstance(u, str) and u not in known])
+    return [known.get(u) or stored.get(u) or {"uuid": u} for u in sent if isinstance(u, str)]
 
 
 async def resync(conn: AsyncConnection, client: PluralKitClient, system_id: str) -> Enriched:

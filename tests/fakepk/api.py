@@ -322,6 +322,8 @@ class FakePluralKit:
                 return 200, [{"id": w["id"], "timestamp": w["timestamp"],
                               "members": [ids[u] for u in w["members"] if u in ids]} for w in newest[:limit]]
             if len(rest) == 2 and rest[0] == "switches":
+                if private("front_history_privacy"):
+                    return 403, {"code": 30004, "message": "Unauthorized to view front history."}
                 switch = next((w for w in s.switches if w["id"] == rest[1]), None)
                 if switch is None:
                     return 404, {"code": 20006, "message": "Switch not found."}
