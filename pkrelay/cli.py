@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pkrelay import config, db, logs
+from pkrelay import config, db, logs, queue
 
 log = logging.getLogger("pkrelay")
 
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pkrelay.supervisor import Supervisor
 
     path, settings = _load(args, "run")
-    asyncio.run(_migrate(settings))
+    asyncio.run(db.migrate_url(settings.database_url))
     return Supervisor(settings, path).run()
 
 
@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     path, settings = _load(args, "receiver")
     redis_url = _need_redis(settings, "serve")
-    asyncio.run(_migrate(settings))
+    asyncio.run(db.migrate_url(settings.database_url))
     app = create_app(config.LiveSettings(path, settings), redis_url)
     uvicorn.run(
         app, host=settings.server.host, port=settings.server.port,
@@ -70,24 +70,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     path, settings = _load(args, "worker")
     redis_url = _need_redis(settings, "worker")
-    asyncio.run(_migrate(settings))
+    asyncio.run(db.migrate_url(settings.database_url))
     Worker(**worker_settings(config.LiveSettings(path, settings), redis_url)).run()
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     _, settings = _load(args, "migrate")
-    asyncio.run(_migrate(settings))
+    asyncio.run(db.migrate_url(settings.database_url))
     print("database schema is up to date")
     return 0
-
-
-async def _migrate(settings: config.Settings) -> None:
-    engine = db.create_engine(settings.database_url)
-    try:
-        await db.migrate(engine)
-    finally:
-        await engine.dispose()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -137,6 +129,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from workers.backfill import backfill
+
+    _, settings = _load(args, "backfill")
+    systems = [s for s in settings.systems if args.system in (None, s.name, s.system_id)]
+    if not systems:
+        raise UsageError(f"no configured system named {args.system!r}" if args.system else "no systems configured")
+    redis_url = _running_redis(settings, "backfill")
+
+    async def go() -> int:
+        redis = queue.connect(redis_url, timeout=5)
+        try:
+            await db.migrate_url(settings.database_url)
+            return await backfill(settings, redis, systems)
+        finally:
+            await redis.aclose()
+
+    print(f"done: {asyncio.run(go())} API calls")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pkrelay", description="PluralKit events, enriched, signed, delivered.")
     common = argparse.ArgumentParser(add_help=False)
@@ -150,13 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", cmd_check, "validate the config and reach Redis, the database and the API"),
         ("events", cmd_events, "print the event log"),
         ("replay", cmd_replay, "deliver stored events to the sinks again, with the same ids"),
+        ("backfill", cmd_backfill, "take a full snapshot of each system through the API"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
+        if name in ("events", "backfill"):
+            p.add_argument("--system", help="system name or UUID")
         if name == "events":
             p.add_argument("--follow", action="store_true", help="keep printing new events")
-            p.add_argument("--system", help="system name or UUID")
             p.add_argument("--type", help="event type, e.g. CREATE_SWITCH")
         if name == "replay":
             p.add_argument("event_ids", nargs="*", metavar="EVENT_ID")

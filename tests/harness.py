@@ -39,9 +39,7 @@ class Deployment:
         return create_app(self.live(), self.redis_url)
 
     async def migrate(self) -> None:
-        engine = db.create_engine(self.live().current.database_url)
-        await db.migrate(engine)
-        await engine.dispose()
+        await db.migrate_url(self.live().current.database_url)
 
     async def work(self, retry_policy: RetryPolicy | None = None) -> None:
         """Run one arq worker until the queue (deferred retries included) is empty."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -88,7 +89,7 @@ async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str
     if event_type in AS_SENT:
         return Enriched(entity=data)
     if event_type == "SUCCESSFUL_IMPORT" and system_id:
-        return await resync(conn, client, system_id)
+        return await resync(client, system_id)
     if event_type == "DELETE_ALL_SWITCHES" and system_id:
         fronters = await state.get(conn, "fronters", system_id)
         return Enriched(previous=fronters.data if fronters else None,
@@ -145,31 +146,33 @@ async def _switch_members(conn: AsyncConnection, fetched: list[Any], sent: list[
     return [known.get(u) or stored.get(u) or {"uuid": u} for u in sent if isinstance(u, str)]
 
 
-async def resync(conn: AsyncConnection, client: PluralKitClient, system_id: str) -> Enriched:
-    """A full snapshot: after `pk;import`, which sends no dispatch for what it wrote."""
+async def resync(client: PluralKitClient, system_id: str,
+                 progress: Callable[[str], None] = lambda step: None) -> Enriched:
+    """A full snapshot: after `pk;import` (which sends no dispatch for what it wrote) and
+    for `pkrelay backfill`. Lists the system made private are skipped, not fatal."""
     now = datetime.now(UTC)
-    result = Enriched(writes=[("member", "*", None, None), ("group", "*", None, None)])
     system = builtins(await client.system(system_id))
-    result.writes.append(("system", system_id, system, now))
-    result.entity = system
-    calls = 1
-    for kind, fetch in (("settings", client.settings), ("fronters", client.fronters)):
+    progress("system")
+    result = Enriched(entity=system, calls=1, writes=[("member", "*", None, None), ("group", "*", None, None),
+                                                      ("switch", "*", None, None), ("system", system_id, system, now)])
+    steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("settings", lambda: client.settings(system_id)),
+        ("fronters", lambda: client.fronters(system_id)),
+        ("member", lambda: client.members(system_id)),
+        ("group", lambda: client.groups(system_id, with_members=True)),
+        ("switch", lambda: client.switches(system_id, limit=100)),
+    ]
+    for kind, fetch in steps:
+        result.calls += 1
         try:
-            value = await fetch(system_id)
-            calls += 1
+            value = builtins(await fetch())
         except errors.Forbidden:
-            calls += 1
-            continue
-        if value is not None:
-            result.writes.append((kind, system_id, builtins(value), now))
-    for kind, listing in (("member", client.members), ("group", lambda ref: client.groups(ref, with_members=True))):
-        try:
-            items = await listing(system_id)
-        except errors.Forbidden:
-            items = []
-        calls += 1
-        result.writes += [(kind, item["uuid"], item, now) for item in builtins(items)]
-    result.calls = calls
+            value = None
+        if isinstance(value, list):
+            result.writes += [(kind, item.get("uuid") or item["id"], item, now) for item in value]
+        elif value is not None:
+            result.writes.append((kind, system_id, value, now))
+        progress(kind)
     return result
 
 
