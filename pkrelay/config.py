@@ -195,11 +195,12 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
         key = name[len(ENV_PREFIX):].lower()
         section, _, field = key.partition("__")
         if not field:
-            if section in hints and section == "data_dir":
+            if section == "data_dir":
                 raw[section] = value
             continue
         section_type = hints.get(section)
-        field_type = typing.get_type_hints(section_type).get(field) if isinstance(section_type, type) and issubclass(section_type, _Section) else None
+        is_section = isinstance(section_type, type) and issubclass(section_type, _Section)
+        field_type = typing.get_type_hints(section_type).get(field) if is_section else None
         if field_type is None:
             raise ConfigError(f"environment variable {name} names no setting [{section}] {field}")
         if field_type is not Secret and field_type is not str:

@@ -17,7 +17,8 @@ from pkrelay.envelope import Event
 def row_to_event(row: sa.Row) -> Event:
     return Event(
         id=row.id, type=row.type, source=row.source, system_id=row.system_id, entity_id=row.entity_id,
-        received_at=row.received_at.replace(tzinfo=row.received_at.tzinfo or UTC), data=row.data, entity=row.entity, previous=row.previous,
+        received_at=row.received_at.replace(tzinfo=row.received_at.tzinfo or UTC),
+        data=row.data, entity=row.entity, previous=row.previous,
     )
 
 

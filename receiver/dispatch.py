@@ -16,7 +16,6 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
-from redis.exceptions import RedisError
 
 from pkrelay import queue
 from pkrelay.config import SystemConfig

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 
 EVENTS_RECEIVED = Counter(
     "pkrelay_events_received_total",
-    "Dispatch requests by event type and outcome (queued, spooled, ping, unauthorized, invalid, too_large, unavailable)",
+    "Dispatch requests by event type and outcome "
+    "(queued, spooled, ping, unauthorized, invalid, too_large, unavailable)",
     ["type", "outcome"],
 )
 QUEUE_DEPTH = Gauge(

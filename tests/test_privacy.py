@@ -9,11 +9,12 @@ from pathlib import Path
 
 from arq import create_pool
 from arq.connections import RedisSettings
+from litestar.testing import AsyncTestClient
 
 from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
-from tests.fakepk.api import FakePluralKit
-from tests.fakepk.dispatcher import MEMBER_ID
+from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
 from workers import deliver, privacy
@@ -115,3 +116,32 @@ async def test_a_public_only_sink_receives_the_stripped_envelope_and_a_private_s
     finally:
         public.stop()
         private.stop()
+
+
+async def test_a_public_widget_sees_who_fronts_when_the_front_is_public(
+    deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
+) -> None:
+    public = SinkServer()
+    public.start()
+    try:
+        text = deployment.config_file.read_text()
+        deployment.config_file.write_text(text + f'\n[[sinks]]\ntype = "webhook"\nurl = "{public.url}"\n'
+                                          'public_only = true\nevents = ["CREATE_SWITCH"]\n')
+        shown = fake_pk.add_member(fake_system, "Shown")
+        hidden = fake_pk.add_member(fake_system, "Hidden")
+        hidden["privacy"]["visibility"] = "private"
+        switch = fake_pk.add_switch(fake_system, [shown["uuid"], hidden["uuid"]])
+        async with AsyncTestClient(app=deployment.app()) as client:
+            dispatcher = FakeDispatcher(client, "/dispatch")
+            for event_type, data in (("UPDATE_SYSTEM", {"name": "Example"}),
+                                     ("CREATE_SWITCH", {"id": switch["id"], "timestamp": switch["timestamp"],
+                                                        "members": [shown["uuid"], hidden["uuid"]]})):
+                assert (await dispatcher.send(body(event_type, system_creds["signing_token"],
+                                                   system_creds["system_id"], switch["id"], data))).status_code == 200
+                await deployment.work()
+        [got] = public.received
+        envelope = json.loads(got.body)
+        assert [m["name"] for m in envelope["entity"]["members"]] == ["Shown"]
+        assert envelope["data"]["members"] == [shown["uuid"]]
+    finally:
+        public.stop()

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pkrelay import db
 from pkrelay.config import Sink, WebhookSink
 from pkrelay.eventlog import row_to_event
-from workers import privacy, webhook
+from workers import privacy, state, webhook
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
 
 log = logging.getLogger("pkrelay.deliver")
@@ -84,8 +84,10 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
         await _settle(engine, event_id, sink_key, "dead", "the sink is no longer configured")
         return "dead"
     envelope: dict[str, Any] | None = msgspec.to_builtins(event)
-    if sink.public_only and envelope is not None:
-        envelope = privacy.strip(envelope, system=None)
+    if sink.public_only:
+        async with engine.connect() as conn:
+            stored = await state.get(conn, "system", event.system_id) if event.system_id else None
+        envelope = privacy.strip(envelope, system=stored.data if stored else None)
     if envelope is None:
         await _settle(engine, event_id, sink_key, "skipped", "nothing public in this event")
         DELIVERIES.labels(sink_key, "skipped").inc()

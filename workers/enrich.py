@@ -16,9 +16,9 @@ What each type fetches (and why) is the table in README.md. Two rules shape it:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec

@@ -288,7 +288,10 @@ class FakePluralKit:
     def _route(self, method: str, parts: list[str], query: dict[str, str], body: bytes, s: FakeSystem | None,
                own: bool) -> tuple[int, Any]:
         assert s is not None
-        private = (lambda k: not own and s.system["privacy"].get(k) == "private")
+
+        def private(key: str) -> bool:
+            return not own and s.system["privacy"].get(key) == "private"
+
         if method == "GET" and parts[0] == "systems":
             rest = parts[2:]
             if not rest:
