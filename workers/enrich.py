@@ -55,7 +55,7 @@ class Enriched:
     previous: Any = None
     note: str | None = None  # why `entity` is null, for the log
     calls: int = 0
-    writes: list[tuple[str, str, dict[str, Any] | None, datetime | None]] = field(default_factory=list)
+    writes: list[state.Write] = field(default_factory=list)
 
 
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +82,7 @@ async def _fetch(client: PluralKitClient, kind: str, system_id: str, key: str) -
     return builtins(await client.switch(system_id, key))
 
 
-async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str, system_id: str | None,
+async def enrich(view: state.View, client: PluralKitClient, event_type: str, system_id: str | None,
                  entity_id: str | None, data: Any) -> Enriched:
     """Read the store and the API; the state writes are returned, applied by the caller
     in the transaction that logs the event. Transport errors propagate (the job retries)."""
@@ -91,7 +91,7 @@ async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str
     if event_type == "SUCCESSFUL_IMPORT" and system_id:
         return await resync(client, system_id)
     if event_type == "DELETE_ALL_SWITCHES" and system_id:
-        fronters = await state.get(conn, "fronters", system_id)
+        fronters = await view.get("fronters", system_id)
         return Enriched(previous=fronters.data if fronters else None,
                         writes=[("switch", "*", None, None), ("fronters", system_id, None, None)])
     if event_type not in KINDS or not system_id:
@@ -100,7 +100,7 @@ async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str
     key = system_id if kind in ("system", "settings") else entity_id
     if not key:
         return Enriched(note="the event names no entity")
-    stored = await state.get(conn, kind, key)
+    stored = await view.get(kind, key)
     previous = stored.data if stored else None
     if action == "delete":
         return Enriched(previous=previous, writes=[(kind, key, None, None)])
@@ -122,17 +122,17 @@ async def enrich(conn: AsyncConnection, client: PluralKitClient, event_type: str
         result.calls = 1
     entity = merge(base, patch)
     if kind == "switch":
-        entity["members"] = await _switch_members(conn, base.get("members") or [], patch.get("members"))
+        entity["members"] = await _switch_members(view, base.get("members") or [], patch.get("members"))
     result.entity = entity
     result.writes.append((kind, key, entity, fetched_at))
     if kind == "switch":
-        current = await state.get(conn, "fronters", system_id)
+        current = await view.get("fronters", system_id)
         if current is None or str(entity.get("timestamp", "")) >= str(current.data.get("timestamp", "")):
             result.writes.append(("fronters", system_id, entity, fetched_at))
     return result
 
 
-async def _switch_members(conn: AsyncConnection, fetched: list[Any], sent: list[Any] | None) -> list[Any]:
+async def _switch_members(view: state.View, fetched: list[Any], sent: list[Any] | None) -> list[Any]:
     """Full member objects for a switch, in the order the dispatch gave.
 
     Dispatches list member UUIDs; /switches/{id} answers full members, possibly of the
@@ -142,7 +142,7 @@ async def _switch_members(conn: AsyncConnection, fetched: list[Any], sent: list[
     if sent is None:
         return fetched
     known = {m["uuid"]: m for m in fetched if isinstance(m, dict) and "uuid" in m}
-    stored = await state.get_many(conn, "member", [u for u in sent if isinstance(u, str) and u not in known])
+    stored = await view.get_many("member", [u for u in sent if isinstance(u, str) and u not in known])
     return [known.get(u) or stored.get(u) or {"uuid": u} for u in sent if isinstance(u, str)]
 
 
@@ -176,8 +176,7 @@ async def resync(client: PluralKitClient, system_id: str,
     return result
 
 
-async def apply(conn: AsyncConnection, system_id: str, writes: list[tuple[str, str, dict[str, Any] | None,
-                                                                         datetime | None]]) -> None:
+async def apply(conn: AsyncConnection, system_id: str, writes: list[state.Write]) -> None:
     """Write an enrichment's state changes; key "*" with no data clears a whole kind."""
     for kind, key, data, fetched_at in writes:
         if key == "*":

@@ -26,7 +26,7 @@ from pkrelay import db, queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import Event, ms_to_datetime
 from pkrelay.pluralkit import errors
-from workers import deliver
+from workers import deliver, state
 from workers.api import client_for
 from workers.enrich import Enriched, apply, enrich
 from workers.metrics import EVENTS_LOGGED
@@ -39,6 +39,8 @@ ENRICH_ATTEMPTS = 16
 # A worker killed while holding a system's lock holds it this long at most; well
 # within SPEC's two minutes for redelivery after a crash.
 LOCK_S = 60
+# Events logged per transaction when a system has a backlog.
+BATCH = 50
 
 
 def envelope_of(job: queue.QueuedDispatch, enriched: Enriched) -> Event:
@@ -55,13 +57,12 @@ def envelope_of(job: queue.QueuedDispatch, enriched: Enriched) -> Event:
     )
 
 
-async def _enrich(ctx: dict[str, Any], job: queue.QueuedDispatch, system: SystemConfig | None,
+async def _enrich(ctx: dict[str, Any], view: state.View, job: queue.QueuedDispatch, system: SystemConfig | None,
                   data: Any) -> Enriched:
     if system is None:
         return Enriched(note="the system is no longer configured")
     try:
-        async with ctx["engine"].connect() as conn:
-            return await enrich(conn, client_for(ctx, system), job.type, job.system_id, job.entity_id, data)
+        return await enrich(view, client_for(ctx, system), job.type, job.system_id, job.entity_id, data)
     except (errors.TransportError, errors.ServerError, errors.RateLimited, errors.RateLimitWaitExceeded) as exc:
         tries = ctx.get("job_try", 1)
         if tries >= ENRICH_ATTEMPTS:
@@ -74,27 +75,34 @@ async def _enrich(ctx: dict[str, Any], job: queue.QueuedDispatch, system: System
 
 
 async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
-    """Log this event, after every older pending event of its system; True when it
-    was this job that logged it."""
+    """Log this event, after every older pending event of its system; True when this
+    job's event was logged by this call."""
     job = queue.decode(payload)
     redis = ctx["redis"]
+    pending, payloads = queue.pending_key(job.system), queue.payloads_key(job.system)
     lock = redis.lock(f"pkrelay:lock:{job.system}", timeout=LOCK_S, sleep=0.01)
-    if not await lock.acquire(blocking_timeout=5):
-        raise Retry(defer=0.5)  # another worker is busy with this system; it may log ours too
+    for _ in range(50):
+        # An event leaves the pending set only once it is logged: while another worker
+        # holds the system's lock, it may well log ours, and then there is nothing to do.
+        if await redis.zscore(pending, job.event_id) is None:
+            return False
+        if await lock.acquire(blocking_timeout=0.1):
+            break
+    else:
+        raise Retry(defer=0.5)
     try:
-        pending, payloads = queue.pending_key(job.system), queue.payloads_key(job.system)
         while True:
-            head = await redis.zrange(pending, 0, 0)
-            if not head or head[0].decode() > job.event_id:
-                return await _log(ctx, job)  # ours was logged (or never pending): make sure
-            head_id = head[0].decode()
-            raw = payload if head_id == job.event_id else await redis.hget(payloads, head_id)
-            if raw is not None:
-                await _log(ctx, queue.decode(raw))
-            await redis.zrem(pending, head_id)
-            await redis.hdel(payloads, head_id)
-            if head_id == job.event_id:
-                return True
+            ids = [i.decode() for i in await redis.zrange(pending, 0, BATCH - 1)]
+            if not ids or ids[0] > job.event_id:
+                return bool(await _log(ctx, [job]))  # ours is done (or was never pending): make sure
+            raws = await redis.hmget(payloads, ids)
+            jobs = [payload if i == job.event_id else raw for i, raw in zip(ids, raws, strict=True)]
+            done = await _log(ctx, [queue.decode(raw) for raw in jobs if raw is not None])
+            await redis.zrem(pending, *ids)
+            await redis.hdel(payloads, *ids)
+            await lock.reacquire()
+            if job.event_id in ids:
+                return job.event_id in done
     finally:
         try:
             await lock.release()
@@ -102,32 +110,57 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
             log.warning("held the lock of %s longer than %d s", job.system, LOCK_S)
 
 
-async def _log(ctx: dict[str, Any], job: queue.QueuedDispatch) -> bool:
-    """Enrich and log one event, with its state changes and planned deliveries."""
+async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str]:
+    """Enrich a run of one system's events in order, then log them, their state changes
+    and their planned deliveries in one transaction; returns the ids that were new.
+
+    If the API fails part way (the job will retry), the events enriched so far are
+    logged and the rest left pending, so nothing is done twice.
+    """
     engine = ctx["engine"]
+    systems = {s.name: s for s in ctx["live"].current.systems}
+    done: list[tuple[Event, queue.QueuedDispatch, Enriched]] = []
+    failure: Retry | None = None
     async with engine.connect() as conn:
-        logged = (await conn.execute(sa.select(db.events.c.id).where(db.events.c.id == job.event_id))).first()
-    system = next((s for s in ctx["live"].current.systems if s.name == job.system), None)
-    data = msgspec.json.decode(job.data)
-    enriched = Enriched() if logged else await _enrich(ctx, job, system, data)
-    if enriched.note:
-        log.info("%s %s: entity null: %s", job.type, job.event_id, enriched.note)
-    event = envelope_of(job, enriched)
+        ids = [j.event_id for j in jobs]
+        logged = set((await conn.execute(sa.select(db.events.c.id).where(db.events.c.id.in_(ids)))).scalars())
+        view = state.View(conn)
+        for job in jobs:
+            data = msgspec.json.decode(job.data)
+            try:
+                enriched = Enriched() if job.event_id in logged else await _enrich(
+                    ctx, view, job, systems.get(job.system), data)
+            except Retry as exc:
+                failure = exc
+                break
+            if enriched.note:
+                log.info("%s %s: entity null: %s", job.type, job.event_id, enriched.note)
+            await view.record(enriched.writes)
+            done.append((envelope_of(job, enriched), job, enriched))
+    new: set[str] = set()
     async with engine.begin() as conn:
-        result = await conn.execute(
-            db.insert_ignoring_duplicates(conn, db.events).values(
+        for event, job, enriched in done:
+            result = await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values(
                 id=event.id, type=event.type, source=event.source, system=job.system, system_id=event.system_id,
                 entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
                 previous=event.previous,
-            )
-        )
-        new = bool(result.rowcount)
-        if new and job.system_id:
-            await apply(conn, job.system_id, enriched.writes)
-        await deliver.plan(conn, event.id, event.type, job.system, ctx["live"].current.sinks)
+            ))
+            if result.rowcount:
+                new.add(event.id)
+                if job.system_id:
+                    await apply(conn, job.system_id, enriched.writes)
+            await deliver.plan(conn, event.id, event.type, job.system, ctx["live"].current.sinks)
     async with engine.connect() as conn:
-        await deliver.enqueue_pending(ctx["redis"], conn, [event.id])
-    if new:
-        EVENTS_LOGGED.labels(event.type, event.source).inc()
-    log.info("%s %s %s (%d API calls)", "logged" if new else "already logged", event.type, event.id, enriched.calls)
+        await deliver.enqueue_pending(ctx["redis"], conn, [event.id for event, _, _ in done])
+    for event, _, enriched in done:
+        if event.id in new:
+            EVENTS_LOGGED.labels(event.type, event.source).inc()
+        log.info("%s %s %s (%d API calls)", "logged" if event.id in new else "already logged", event.type, event.id,
+                 enriched.calls)
+    if failure is not None:
+        if done:
+            system, logged_ids = jobs[0].system, [e.id for e, _, _ in done]
+            await ctx["redis"].zrem(queue.pending_key(system), *logged_ids)
+            await ctx["redis"].hdel(queue.payloads_key(system), *logged_ids)
+        raise failure
     return new

@@ -58,3 +58,46 @@ async def delete_kind(conn: AsyncConnection, system_id: str, kind: str) -> None:
 async def all_of(conn: AsyncConnection, system_id: str, kind: str) -> dict[str, dict[str, Any]]:
     rows = (await conn.execute(sa.select(t.c.key, t.c.data).where(t.c.system_id == system_id, t.c.kind == kind))).all()
     return {r.key: r.data for r in rows}
+
+
+Write = tuple[str, str, dict[str, Any] | None, datetime | None]  # kind, key ("*": all), data (None: delete)
+
+
+class View:
+    """The store as it will be once a batch's pending writes are applied.
+
+    Lets a worker enrich a run of events one after another (each seeing the changes
+    of those before it) and then write them all in one short transaction.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._overlay: dict[tuple[str, str], Stored | None] = {}
+        self._cleared: set[str] = set()
+
+    async def get(self, kind: str, key: str) -> Stored | None:
+        if (kind, key) in self._overlay:
+            return self._overlay[(kind, key)]
+        return None if kind in self._cleared else await get(self.conn, kind, key)
+
+    async def get_many(self, kind: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+        found = {} if kind in self._cleared else await get_many(self.conn, kind, keys)
+        for key in keys:
+            if (kind, key) in self._overlay:
+                stored = self._overlay[(kind, key)]
+                if stored is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = stored.data
+        return found
+
+    async def record(self, writes: list[Write]) -> None:
+        for kind, key, data, fetched_at in writes:
+            if key == "*":
+                self._cleared.add(kind)
+                self._overlay = {k: v for k, v in self._overlay.items() if k[0] != kind}
+            elif data is None:
+                self._overlay[(kind, key)] = None
+            else:
+                before = await self.get(kind, key)
+                self._overlay[(kind, key)] = Stored(data, fetched_at or (before.fetched_at if before else None))

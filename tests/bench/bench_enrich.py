@@ -1,0 +1,91 @@
+"""Enrichment benchmark: 300 UPDATE_MEMBER dispatches over 30 members within 2 s.
+
+Runs `pkrelay run` (embedded Redis, SQLite, one worker) against the fake PluralKit API
+and reports the API calls spent (target at most 45), 429s (target 0), and the time
+from the first dispatch until all 300 are in the log, beside the time the rate limit
+alone makes necessary for the calls spent.
+
+    python -m tests.bench.bench_enrich
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from pkrelay import config, db
+from pkrelay.redis_server import free_port
+from tests.fakepk.api import FakePluralKit
+from tests.fakepk.dispatcher import HEADERS, body, new_token
+from tests.harness import write_config
+
+MEMBERS, EVENTS, SPREAD_S = 30, 300, 2.0
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="pkrelay-bench-"))
+    fake = FakePluralKit()
+    fake.start()
+    system = fake.add_system()
+    members = [fake.add_member(system, f"M{i}") for i in range(MEMBERS)]
+    token, port = new_token(), free_port()
+    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
+                       [{"name": "home", "system_id": system.uuid, "signing_token": token, "api_token": system.token}],
+                       extra=f"\n[server]\nport = {port}\n", api_base_url=fake.base_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine_url = config.load(cfg).database_url
+
+    async def logged() -> int:
+        engine = db.create_engine(engine_url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(sa.select(sa.func.count()).select_from(db.events))).scalar())
+        finally:
+            await engine.dispose()
+
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+    try:
+        for _ in range(300):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        fake.journal.clear()
+        start = time.perf_counter()
+        for i in range(EVENTS):
+            delay = start + i * SPREAD_S / EVENTS - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            m = members[i % MEMBERS]
+            assert client.post("/dispatch", headers=HEADERS, content=body(
+                "UPDATE_MEMBER", token, system.uuid, m["uuid"], {"description": f"edit {i}"})).status_code == 200
+        posted = time.perf_counter() - start
+        while asyncio.run(logged()) < EVENTS and time.perf_counter() - start < 120:
+            time.sleep(0.1)
+        done = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        fake.stop()
+    calls = len(fake.journal)
+    refused = sum(1 for j in fake.journal if j.status == 429)
+    necessary = calls / 9  # the limiter's 9 requests/s at PluralKit's 10/s
+    print(f"\n{EVENTS} UPDATE_MEMBER over {MEMBERS} members, posted in {posted:.1f} s: {calls} API calls "
+          f"(target <= 45), {refused} 429s; all logged after {done:.1f} s "
+          f"(rate limit alone needs {necessary:.1f} s; target <= {necessary + 2:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
