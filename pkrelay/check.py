@@ -3,16 +3,61 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from redis.exceptions import RedisError
 from rich.console import Console
 
 from pkrelay import config, db, queue
+from pkrelay.pluralkit.errors import PluralKitError
+from pkrelay.redis_server import EmbeddedRedis
+
+
+async def _check_api(settings: config.Settings, report: Callable[..., None]) -> None:
+    """One GET per system, through the same limiter the workers use."""
+    from workers.api import build_client
+
+    marker = settings.data_path / "redis" / "url"
+    url = settings.redis.url or (marker.read_text().strip() if marker.exists() else "")
+    redis = queue.connect(url or "redis://127.0.0.1:9/0", timeout=3)
+    scratch = None
+    try:
+        await redis.ping()
+    except (RedisError, OSError):  # none reachable: a throwaway server just for the limiter
+        await redis.aclose()
+        scratch = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="pkrelay-check-")))
+        scratch.start()
+        redis = queue.connect(scratch.url, timeout=3)
+    try:
+        for system in settings.systems:
+            token = system.api_token.reveal()
+            client = build_client(settings, redis, token)
+            try:
+                found = await client.system("@me" if token else system.system_id)
+            except PluralKitError as exc:
+                report(False, f"system {system.name}: API", str(exc))
+                continue
+            finally:
+                await client.aclose()
+            if system.system_id and found.uuid != system.system_id:
+                report(False, f"system {system.name}: API", f"the api_token belongs to system {found.id}, "
+                                                            f"not to system_id {system.system_id}")
+            elif token:
+                report(True, f"system {system.name}: API", f"token of system {found.id} ({found.uuid})")
+            else:
+                report(True, f"system {system.name}: API", f"system {found.id} reachable; no api_token: "
+                                                           "public data only")
+    finally:
+        await redis.aclose()
+        if scratch:
+            scratch.stop()
 
 
 async def run_checks(path: Path) -> int:
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     problems = 0
 
     def report(ok: bool, what: str, detail: str = "") -> None:
@@ -56,5 +101,6 @@ async def run_checks(path: Path) -> int:
     finally:
         await engine.dispose()
 
+    await _check_api(settings, report)
     console.print("[green]all checks passed[/]" if not problems else f"[red]{problems} problem(s)[/]")
     return 1 if problems else 0

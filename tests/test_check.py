@@ -1,0 +1,46 @@
+"""`pkrelay check`: a clear report and an exit code, never a secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pkrelay.redis_server import EmbeddedRedis
+from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.harness import write_config
+
+
+def _check(cfg: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    return subprocess.run([sys.executable, "-m", "pkrelay", "check", "--config", str(cfg)], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_check_passes_and_reports_each_system(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem,
+    system_creds: dict[str, str],
+) -> None:
+    public = {"name": "public", "system_id": fake_pk.add_system("Other").uuid, "mode": "poll"}
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds, public],
+                       api_base_url=fake_pk.base_url, extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+    done = _check(cfg)
+    assert done.returncode == 0, done.stdout
+    assert f"token of system {fake_system.system['id']}" in done.stdout
+    assert "no api_token: public data only" in done.stdout
+    assert "all checks passed" in done.stdout
+    assert system_creds["api_token"] not in done.stdout and system_creds["signing_token"] not in done.stdout
+
+
+def test_check_fails_clearly(tmp_path: Path, fake_pk: FakePluralKit, system_creds: dict[str, str]) -> None:
+    wrong = {**system_creds, "api_token": "not-a-valid-token"}
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [wrong], api_base_url=fake_pk.base_url,
+                       extra='\n[redis]\nurl = "redis://127.0.0.1:9/0"\n')
+    done = _check(cfg)
+    assert done.returncode == 1
+    assert "FAIL redis" in done.stdout and "FAIL system home: API" in done.stdout and "401" in done.stdout
+    assert "not-a-valid-token" not in done.stdout
+    (tmp_path / "bad.toml").write_text("[server]\nprot = 1\n")
+    bad = _check(tmp_path / "bad.toml")
+    assert bad.returncode == 1 and "server.prot" in bad.stdout and "line 2" in bad.stdout
