@@ -12,6 +12,7 @@ from tests import postgres
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import new_token
 from tests.harness import Deployment, write_config
+from tests.mqtt_broker import Broker
 
 
 @pytest.fixture
@@ -67,3 +68,12 @@ async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: 
     dep = Deployment(cfg, redis_server.url)
     await dep.migrate()
     return dep
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real MQTT broker process (amqtt) on a free port."""
+    broker = Broker(tmp_path / "mqtt")
+    broker.start()
+    yield broker
+    broker.stop()

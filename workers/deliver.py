@@ -24,13 +24,18 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pkrelay import db
-from pkrelay.config import Sink, WebhookSink
+from pkrelay.config import MqttSink, Sink, WebhookSink
+from pkrelay.envelope import Event
 from pkrelay.eventlog import row_to_event
+from pkrelay.pluralkit import errors
 from workers import privacy, state, webhook
+from workers.api import client_for
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
+from workers.mqtt import MqttConnection, MqttUnavailable
 
 log = logging.getLogger("pkrelay.deliver")
 DELIVER_JOB = "deliver"
+FRONT_TYPES = frozenset({"CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DELETE_ALL_SWITCHES"})
 
 
 @dataclass(frozen=True)
@@ -102,9 +107,11 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         else:
-            error = "MQTT delivery is not available in this version"
+            await _publish_mqtt(ctx, sink, row.system, event, body)
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except (MqttUnavailable, errors.PluralKitError) as exc:
+        error = str(exc)
     attempt = {"status_code": status_code, "error": error, "duration_ms": (time.perf_counter() - started) * 1000}
     now = datetime.now(UTC)
     attempts = row.delivery_attempts + 1
@@ -127,6 +134,33 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
     log.info("delivery of %s to %s failed (%s), attempt %d, retrying in %.1f s",
              event_id, sink_key, error, attempts, delay)
     raise Retry(defer=delay)
+
+
+async def _publish_mqtt(ctx: dict[str, Any], sink: MqttSink, system_name: str, event: Event, body: bytes) -> None:
+    """The event on its topic; after a switch, the retained front state too."""
+    if not event.system_id:
+        raise MqttUnavailable("the event names no system, so it has no topic")
+    engine = ctx["engine"]
+    async with engine.connect() as conn:
+        system = await state.get(conn, "system", event.system_id)
+        fronters = await state.get(conn, "fronters", event.system_id) if event.type in FRONT_TYPES else None
+    if system is None:  # the topic needs the short id: one call, then stored
+        configured = next((s for s in ctx["live"].current.systems if s.name == system_name), None)
+        if configured is None:
+            raise MqttUnavailable(f"system {system_name} is no longer configured")
+        fetched = msgspec.to_builtins(await client_for(ctx, configured).system(event.system_id))
+        async with engine.begin() as conn:
+            await state.put(conn, "system", event.system_id, event.system_id, fetched, datetime.now(UTC))
+        system = state.Stored(fetched, None)
+    connections: dict[str, MqttConnection] = ctx.setdefault("mqtt", {})
+    connection = connections.setdefault(sink.key, MqttConnection(sink))
+    short_id = str(system.data["id"])
+    await connection.publish_event(short_id, event.type, body)
+    if event.type in FRONT_TYPES:
+        current = fronters.data if fronters else {"members": []}
+        if sink.public_only:
+            current = privacy.public_switch(current, system.data) or {"members": []}
+        await connection.publish_front(short_id, [m for m in current.get("members", []) if isinstance(m, dict)])
 
 
 async def _settle(engine: Any, event_id: str, sink: str, status: str, error: str | None,

@@ -103,7 +103,16 @@ async def enrich(view: state.View, client: PluralKitClient, event_type: str, sys
     stored = await view.get(kind, key)
     previous = stored.data if stored else None
     if action == "delete":
-        return Enriched(previous=previous, writes=[(kind, key, None, None)])
+        result = Enriched(previous=previous, writes=[(kind, key, None, None)])
+        current = await view.get("fronters", system_id) if kind == "switch" else None
+        if current is not None and current.data.get("id") == key:  # the front itself changed
+            result.calls = 1
+            try:
+                fronters = builtins(await client.fronters(system_id))
+            except errors.Forbidden:
+                fronters = None
+            result.writes.append(("fronters", system_id, fronters, datetime.now(UTC)))
+        return result
     patch = data if isinstance(data, dict) else {}
     now = datetime.now(UTC)
     result = Enriched(previous=previous if action == "update" else None)

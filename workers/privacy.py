@@ -97,7 +97,7 @@ def _message(message: Any) -> dict[str, Any] | None:
     return kept
 
 
-def _switch(switch: Any, system: Any) -> dict[str, Any] | None:
+def public_switch(switch: Any, system: Any) -> dict[str, Any] | None:
     """Fronters only when the system's front is public, and then only public members."""
     if not isinstance(switch, dict):
         return None
@@ -123,11 +123,11 @@ def strip(envelope: dict[str, Any], system: dict[str, Any] | None) -> dict[str, 
         return {**envelope, "data": _message(data), "entity": _message(envelope.get("entity")),
                 "previous": None}
     if event_type.endswith("SWITCH") or event_type.endswith("SWITCHES"):
-        entity = _switch(envelope.get("entity"), system)
+        entity = public_switch(envelope.get("entity"), system)
         shown = {m["uuid"] for m in (entity or {}).get("members", []) if "uuid" in m}
         if isinstance(data, dict) and "members" in data:  # a dispatch lists member UUIDs
             data = {**data, "members": [m for m in data["members"] if m in shown]}
-        return {**envelope, "entity": entity, "previous": _switch(envelope.get("previous"), system),
+        return {**envelope, "entity": entity, "previous": public_switch(envelope.get("previous"), system),
                 "data": data}
     clean = {"SYSTEM": public_system, "MEMBER": public_member, "GROUP": public_group}.get(
         event_type.split("_", 1)[-1].removesuffix("_MEMBERS"))

@@ -37,6 +37,8 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
     async def shutdown(ctx: dict[str, Any]) -> None:
         ctx["watcher"].cancel()
         await close_clients(ctx)
+        for connection in ctx.get("mqtt", {}).values():
+            await connection.close()
         await ctx["http"].aclose()
         await ctx["engine"].dispose()
 
