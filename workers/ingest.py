@@ -26,10 +26,10 @@ from pkrelay import db, queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import Event, ms_to_datetime
 from pkrelay.pluralkit import errors
-from workers import deliver, state
+from workers import state
 from workers.api import client_for
-from workers.enrich import Enriched, apply, enrich
-from workers.metrics import EVENTS_LOGGED
+from workers.enrich import Enriched, enrich
+from workers.record import record
 
 log = logging.getLogger("pkrelay.worker")
 
@@ -117,11 +117,10 @@ async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str
     If the API fails part way (the job will retry), the events enriched so far are
     logged and the rest left pending, so nothing is done twice.
     """
-    engine = ctx["engine"]
     systems = {s.name: s for s in ctx["live"].current.systems}
     done: list[tuple[Event, queue.QueuedDispatch, Enriched]] = []
     failure: Retry | None = None
-    async with engine.connect() as conn:
+    async with ctx["engine"].connect() as conn:
         ids = [j.event_id for j in jobs]
         logged = set((await conn.execute(sa.select(db.events.c.id).where(db.events.c.id.in_(ids)))).scalars())
         view = state.View(conn)
@@ -137,26 +136,11 @@ async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str
                 log.info("%s %s: entity null: %s", job.type, job.event_id, enriched.note)
             await view.record(enriched.writes)
             done.append((envelope_of(job, enriched), job, enriched))
-    new: set[str] = set()
-    async with engine.begin() as conn:
-        for event, job, enriched in done:
-            result = await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values(
-                id=event.id, type=event.type, source=event.source, system=job.system, system_id=event.system_id,
-                entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
-                previous=event.previous,
-            ))
-            if result.rowcount:
-                new.add(event.id)
-                if job.system_id:
-                    await apply(conn, job.system_id, enriched.writes)
-            await deliver.plan(conn, event.id, event.type, job.system, ctx["live"].current.sinks)
-    async with engine.connect() as conn:
-        await deliver.enqueue_pending(ctx["redis"], conn, [event.id for event, _, _ in done])
-    for event, _, enriched in done:
-        if event.id in new:
-            EVENTS_LOGGED.labels(event.type, event.source).inc()
-        log.info("%s %s %s (%d API calls)", "logged" if event.id in new else "already logged", event.type, event.id,
-                 enriched.calls)
+    items = [(event, enriched.writes) for event, _, enriched in done]
+    new = await record(ctx, jobs[0].system, items) if items else set()
+    calls = sum(enriched.calls for _, _, enriched in done)
+    if calls:
+        log.info("%d API calls for %d events", calls, len(done))
     if failure is not None:
         if done:
             system, logged_ids = jobs[0].system, [e.id for e, _, _ in done]

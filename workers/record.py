@@ -1,0 +1,41 @@
+"""Writing events: the log row, the state changes and the planned deliveries, together."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pkrelay import db
+from pkrelay.envelope import Event
+from workers import deliver, state
+from workers.enrich import apply
+from workers.metrics import EVENTS_LOGGED
+
+log = logging.getLogger("pkrelay.worker")
+
+
+async def record(ctx: dict[str, Any], system: str, items: list[tuple[Event, list[state.Write]]]) -> set[str]:
+    """Log events of one system in one transaction and enqueue their deliveries;
+    returns the ids that were new (a rerun inserts nothing and changes no state)."""
+    engine = ctx["engine"]
+    new: set[str] = set()
+    async with engine.begin() as conn:
+        for event, writes in items:
+            result = await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values(
+                id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
+                entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
+                previous=event.previous,
+            ))
+            if result.rowcount:
+                new.add(event.id)
+                if event.system_id:
+                    await apply(conn, event.system_id, writes)
+            await deliver.plan(conn, event.id, event.type, system, ctx["live"].current.sinks)
+    async with engine.connect() as conn:
+        await deliver.enqueue_pending(ctx["redis"], conn, [event.id for event, _ in items])
+    for event, _ in items:
+        if event.id in new:
+            EVENTS_LOGGED.labels(event.type, event.source).inc()
+        log.info("%s %s %s from %s", "logged" if event.id in new else "already logged", event.type, event.id,
+                 event.source)
+    return new
