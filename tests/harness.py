@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from arq import create_pool
 from arq.worker import Worker
 
 from pkrelay import config, db
 from receiver.app import create_app
 from workers.deliver import RetryPolicy
+from workers.poll import poll_tick
 from workers.settings import worker_settings
 
 
@@ -43,11 +45,24 @@ class Deployment:
 
     async def work(self, retry_policy: RetryPolicy | None = None) -> None:
         """Run one arq worker until the queue (deferred retries included) is empty."""
-        worker = Worker(**worker_settings(self.live(), self.redis_url, retry_policy), burst=True)
+        settings = worker_settings(self.live(), self.redis_url, retry_policy)
+        settings["cron_jobs"] = []  # a burst worker ends when the queue is empty; cron would refill it
+        worker = Worker(**settings, burst=True)
         try:
             await worker.main()
         finally:
             await worker.close()
+
+    async def poll(self, now: float | None = None) -> int:
+        """One poll tick, as the worker's cron job runs it; returns the events emitted."""
+        settings = worker_settings(self.live(), self.redis_url)
+        ctx: dict[str, object] = {"redis": await create_pool(settings["redis_settings"])}
+        await settings["on_startup"](ctx)
+        try:
+            return await poll_tick(ctx, now)
+        finally:
+            await settings["on_shutdown"](ctx)
+            await ctx["redis"].aclose()  # type: ignore[attr-defined]
 
     async def logged(self) -> list[sa.Row]:
         engine = db.create_engine(self.live().current.database_url)

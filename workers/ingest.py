@@ -26,7 +26,7 @@ from pkrelay import db, queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import Event, ms_to_datetime
 from pkrelay.pluralkit import errors
-from workers import state
+from workers import poll, state
 from workers.api import client_for
 from workers.enrich import Enriched, enrich
 from workers.record import record
@@ -134,6 +134,9 @@ async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str
                 break
             if enriched.note:
                 log.info("%s %s: entity null: %s", job.type, job.event_id, enriched.note)
+            if job.type in ("UPDATE_MEMBER", "UPDATE_GROUP", "UPDATE_SWITCH") and enriched.previous is None \
+                    and job.event_id not in logged:
+                await poll.reconcile_soon(ctx["redis"], job.system)  # an entity we never saw: we missed something
             await view.record(enriched.writes)
             done.append((envelope_of(job, enriched), job, enriched))
     items = [(event, enriched.writes) for event, _, enriched in done]

@@ -14,6 +14,7 @@ from pkrelay.config import LiveSettings, Settings
 from workers.api import close_clients
 from workers.deliver import RetryPolicy, deliver
 from workers.ingest import ingest_dispatch
+from workers.poll import poll_tick
 from workers.retention import prune_events
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
@@ -48,7 +49,11 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
         # (ingest logs without entity after ENRICH_ATTEMPTS; deliveries dead-letter
         # after their retry window).
         "functions": [func(ingest_dispatch, max_tries=10_000), func(deliver, max_tries=200)],
-        "cron_jobs": [cron(prune_events, minute=17, run_at_startup=True)],
+        "cron_jobs": [
+            cron(prune_events, minute=17, run_at_startup=True),
+            # Every second; arq runs each slot on one worker only.
+            cron(poll_tick, second=set(range(60)), timeout=30, max_tries=1, keep_result=0),
+        ],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -1,0 +1,308 @@
+"""Polling: the same events as dispatches, for what webhooks never said.
+
+PluralKit never retries a dispatch, some changes send none at all (group membership,
+everything `pk;import` writes), and some deployments have no public URL. An arq cron
+job ticks every second on exactly one worker (arq runs each cron slot once); per
+system a Redis lease keeps one poll at a time, whatever the number of workers, and
+expires if its worker dies. Each tick runs the checks that are due:
+
+| check    | poll cadence (s, at poll_budget 1) | auto (reconciliation) |
+|----------|------------------------------------|-----------------------|
+| fronters | 2                                  | 60                    |
+| switches | 5                                  | 120                   |
+| members  | 10                                 | 120                   |
+| groups   | 10                                 | 120                   |
+| system   | 20                                 | 120 (also checks `webhook_url`) |
+| settings | 20                                 | 120                   |
+
+Poll cadences sum to 1 GET/s and scale with `pluralkit.poll_budget`; all calls go
+through the shared limiter with enrichment. An `auto` system whose `webhook_url` no
+longer points at `server.public_url`, or that shows a sign of lost events, is polled
+at the poll cadence until that clears.
+
+Each answer is compared with the state store under the system's ingest lock, after
+every pending dispatch is logged: what a dispatch already reported is in the store
+and yields nothing; anything else becomes an event with `source: "poll"`, PluralKit's
+type name and only the changed keys in `data`. A kind never seen before is recorded
+as a baseline and yields nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter, Gauge
+
+from pkrelay import queue
+from pkrelay.config import SystemConfig
+from pkrelay.envelope import Event, new_event_id
+from pkrelay.pluralkit import errors
+from pkrelay.pluralkit.client import PluralKitClient
+from workers import state
+from workers.api import client_for
+from workers.enrich import apply
+from workers.record import record
+
+log = logging.getLogger("pkrelay.poll")
+
+POLL_CYCLES = Counter("pkrelay_poll_cycles_total", "Poll checks run", ["system", "check"])
+POLL_CHANGES = Counter("pkrelay_poll_changes_total", "Changes found by polling", ["system", "type"])
+POLL_CALLS = Counter("pkrelay_poll_api_calls_total", "API calls spent by polling", ["system"])
+WEBHOOK_REGISTERED = Gauge("pkrelay_webhook_registered", "1 while PluralKit's webhook_url points at public_url",
+                           ["system"], multiprocess_mode="mostrecent")
+
+POLL_CADENCE = {"fronters": 2.0, "switches": 5.0, "members": 10.0, "groups": 10.0, "system": 20.0, "settings": 20.0}
+AUTO_CADENCE = {"fronters": 60.0, "switches": 120.0, "members": 120.0, "groups": 120.0, "system": 120.0,
+                "settings": 120.0}
+# Keys that change on their own (every proxied message) and that PluralKit never dispatches.
+VOLATILE = frozenset({"message_count", "last_message_timestamp", "webhook_url"})
+LEASE_S = 30
+
+
+def _key(system: SystemConfig, what: str) -> str:
+    return f"pkrelay:poll:{what}:{system.name}"
+
+
+async def reconcile_soon(redis: Any, system: str) -> None:
+    """A sign of lost events: every check of this system is due at the next tick."""
+    await redis.delete(f"pkrelay:poll:next:{system}")
+
+
+async def cadence(redis: Any, system: SystemConfig, budget: float) -> dict[str, float] | None:
+    if system.mode == "webhook":
+        return None
+    if system.mode == "poll" or await redis.exists(_key(system, "unregistered")):
+        return {check: seconds / budget for check, seconds in POLL_CADENCE.items()}
+    return AUTO_CADENCE
+
+
+async def poll_tick(ctx: dict[str, Any], now: float | None = None) -> int:
+    """Run the due checks of every system; returns the events emitted."""
+    emitted = 0
+    settings = ctx["live"].current
+    for system in settings.systems:
+        emitted += await poll_system(ctx, system, now)
+    return emitted
+
+
+async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | None = None) -> int:
+    redis = ctx["redis"]
+    plan = await cadence(redis, system, ctx["live"].current.pluralkit.poll_budget)
+    if plan is None or not system.system_id and not system.api_token:
+        return 0
+    lease = redis.lock(_key(system, "lease"), timeout=LEASE_S)
+    if not await lock_nowait(lease):
+        return 0  # another worker polls this system right now
+    try:
+        now = time.time() if now is None else now
+        due_at = {k.decode(): float(v) for k, v in (await redis.hgetall(_key(system, "next"))).items()}
+        due = [check for check in plan if due_at.get(check, 0) <= now]
+        if not due:
+            return 0
+        await redis.hset(_key(system, "next"), mapping={c: now + plan[c] for c in due})
+        client = client_for(ctx, system)
+        ref = system.system_id or "@me"
+        fetched: dict[str, Any] = {}
+        for check in due:
+            try:
+                fetched[check] = await FETCHERS[check](client, ref)
+            except errors.Forbidden:
+                continue  # private without a token: nothing to see
+            except errors.PluralKitError as exc:
+                log.warning("poll of %s %s failed: %s", system.name, check, exc)
+                continue
+            finally:
+                POLL_CYCLES.labels(system.name, check).inc()
+                POLL_CALLS.labels(system.name).inc()
+        await redis.set(_key(system, "last"), str(now))
+        if "system" in fetched and system.api_token:
+            await _check_webhook(ctx, system, fetched["system"])
+        return await _apply(ctx, system, fetched)
+    finally:
+        await release(lease)
+
+
+async def lock_nowait(lock: Any) -> bool:
+    return bool(await lock.acquire(blocking=False))
+
+
+async def release(lock: Any) -> None:
+    try:
+        await lock.release()
+    except Exception:  # expired: another worker may hold it now, which is fine
+        pass
+
+
+def _as_dict(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+async def _fronters(client: PluralKitClient, ref: str) -> Any:
+    return _as_dict(await client.fronters(ref)) or {"members": []}
+
+
+FETCHERS: dict[str, Callable[[PluralKitClient, str], Awaitable[Any]]] = {
+    "fronters": _fronters,
+    "switches": lambda c, ref: _wrap(c.switches(ref, limit=100)),
+    "members": lambda c, ref: _wrap(c.members(ref)),
+    "groups": lambda c, ref: _wrap(c.groups(ref, with_members=True)),
+    "system": lambda c, ref: _wrap(c.system(ref)),
+    "settings": lambda c, ref: _wrap(c.settings(ref)),
+}
+
+
+async def _wrap(call: Awaitable[Any]) -> Any:
+    return _as_dict(await call)
+
+
+async def _check_webhook(ctx: dict[str, Any], system: SystemConfig, fetched: dict[str, Any]) -> None:
+    public_url = ctx["live"].current.server.public_url
+    if not public_url or "webhook_url" not in fetched:
+        return
+    registered = fetched.get("webhook_url") == public_url
+    WEBHOOK_REGISTERED.labels(system.name).set(int(registered))
+    if registered:
+        await ctx["redis"].delete(_key(system, "unregistered"))
+    else:
+        if not await ctx["redis"].exists(_key(system, "unregistered")):
+            log.warning("system %s: PluralKit no longer sends webhooks to %s; polling at the poll cadence",
+                        system.name, public_url)
+        await ctx["redis"].set(_key(system, "unregistered"), b"1")
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in new.items() if k not in VOLATILE and old.get(k) != v}
+
+
+async def _apply(ctx: dict[str, Any], system: SystemConfig, fetched: dict[str, Any]) -> int:
+    """Diff against the store under the system's ingest lock, after pending dispatches."""
+    redis = ctx["redis"]
+    lock = redis.lock(f"pkrelay:lock:{system.name}", timeout=60, sleep=0.01)
+    if not await lock.acquire(blocking_timeout=5):
+        return 0
+    try:
+        if await redis.zcard(queue.pending_key(system.name)):
+            return 0  # dispatches still to log would look like our changes: next time
+        system_id = system.system_id or (fetched.get("system") or {}).get("uuid")
+        if not system_id:
+            return 0
+        async with ctx["engine"].connect() as conn:
+            diff = Diff(system_id)
+            await diff.run(conn, fetched)
+        if diff.quiet:
+            async with ctx["engine"].begin() as conn:
+                await apply(conn, system_id, diff.quiet)
+        if not diff.events:
+            return 0
+        new = await record(ctx, system.name, diff.events)
+        for event, _ in diff.events:
+            POLL_CHANGES.labels(system.name, event.type).inc()
+        return len(new)
+    finally:
+        await release(lock)
+
+
+class Diff:
+    """What the API says against what the store holds: events, and quiet state writes
+    (a first sight of something, recorded as the baseline)."""
+
+    def __init__(self, system_id: str) -> None:
+        self.system_id = system_id
+        self.now = datetime.now(UTC)
+        self.events: list[tuple[Event, list[state.Write]]] = []
+        self.quiet: list[state.Write] = []
+
+    def emit(self, event_type: str, entity_id: str | None, data: Any, entity: Any, previous: Any,
+             writes: list[state.Write]) -> None:
+        event = Event(id=new_event_id(), type=event_type, source="poll", system_id=self.system_id,
+                      entity_id=entity_id, received_at=self.now, data=data, entity=entity, previous=previous)
+        self.events.append((event, writes))
+
+    async def run(self, conn: Any, fetched: dict[str, Any]) -> None:
+        for kind, event_type in (("system", "UPDATE_SYSTEM"), ("settings", "UPDATE_SETTINGS")):
+            if kind in fetched:
+                await self.single(conn, kind, event_type, fetched[kind])
+        for kind, noun in (("members", "MEMBER"), ("groups", "GROUP")):
+            if kind in fetched:
+                await self.collection(conn, kind[:-1], noun, fetched[kind])
+        if "fronters" in fetched:
+            await self.fronters(conn, fetched["fronters"])
+        if fetched.get("switches"):
+            await self.switches(conn, fetched["switches"], (fetched.get("fronters") or {}).get("id"))
+
+    async def single(self, conn: Any, kind: str, event_type: str, entity: dict[str, Any]) -> None:
+        stored = await state.get(conn, kind, self.system_id)
+        writes: list[state.Write] = [(kind, self.system_id, entity, self.now)]
+        changed = _changed(stored.data, entity) if stored else {}
+        if stored is None:
+            self.quiet += writes
+        elif changed:
+            self.emit(event_type, None, changed, entity, stored.data, writes)
+
+    async def collection(self, conn: Any, kind: str, noun: str, entities: list[dict[str, Any]]) -> None:
+        stored_all = await state.all_of(conn, self.system_id, kind)
+        first_sight = not stored_all
+        current = {e["uuid"]: e for e in entities}
+        for uuid, entity in current.items():
+            before = stored_all.get(uuid)
+            writes: list[state.Write] = [(kind, uuid, entity, self.now)]
+            if before is None:
+                if first_sight:
+                    self.quiet += writes
+                else:
+                    self.emit(f"CREATE_{noun}", uuid, entity, entity, None, writes)
+                continue
+            changed = _changed(before, entity)
+            members = changed.pop("members", None) if noun == "GROUP" else None
+            if changed:
+                self.emit(f"UPDATE_{noun}", uuid, changed, entity, before, writes)
+            if members is not None:  # no dispatch exists for this: only polling sees it
+                self.emit("UPDATE_GROUP_MEMBERS", uuid, {"members": members}, entity, before, writes)
+        for uuid, before in stored_all.items():
+            if uuid not in current:
+                self.emit(f"DELETE_{noun}", uuid, None, None, before, [(kind, uuid, None, None)])
+
+    async def fronters(self, conn: Any, front: dict[str, Any]) -> None:
+        stored = await state.get(conn, "fronters", self.system_id)
+        switch_id = front.get("id")
+        writes: list[state.Write] = [("fronters", self.system_id, front, self.now)]
+        if switch_id:
+            writes.append(("switch", switch_id, front, self.now))
+        members = [m.get("uuid") for m in front.get("members", [])]
+        if stored is None:
+            self.quiet += writes
+        elif stored.data.get("id") != switch_id:
+            if switch_id and await state.get(conn, "switch", switch_id) is None:
+                self.emit("CREATE_SWITCH", switch_id, {"id": switch_id, "timestamp": front.get("timestamp"),
+                                                       "members": members}, front, None, writes)
+            else:
+                self.quiet += writes
+        else:
+            changed: dict[str, Any] = {}
+            if [m.get("uuid") for m in stored.data.get("members", [])] != members:
+                changed["members"] = members
+            if stored.data.get("timestamp") != front.get("timestamp"):
+                changed["timestamp"] = front.get("timestamp")
+            if changed:
+                self.emit("UPDATE_SWITCH", switch_id, changed, front, stored.data, writes)
+
+    async def switches(self, conn: Any, listed: list[dict[str, Any]], current_id: str | None) -> None:
+        """Front history: switches logged in the past or deleted, seen in the newest 100."""
+        stored = await state.all_of(conn, self.system_id, "switch")
+        by_id = {s["id"]: s for s in listed}
+        if not stored:
+            self.quiet += [("switch", sid, sw, self.now) for sid, sw in by_id.items()]
+            return
+        emitted = {e.entity_id for e, _ in self.events}
+        for sid, sw in by_id.items():
+            if sid not in stored and sid != current_id and sid not in emitted:
+                self.emit("CREATE_SWITCH", sid, sw, sw, None, [("switch", sid, sw, self.now)])
+        oldest = min(s["timestamp"] for s in listed)
+        for sid, before in stored.items():
+            if sid not in by_id and sid != current_id and str(before.get("timestamp", "")) >= oldest:
+                self.emit("DELETE_SWITCH", sid, None, None, before, [("switch", sid, None, None)])
