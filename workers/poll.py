@@ -120,9 +120,10 @@ async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | No
                 POLL_CYCLES.labels(system.name, check).inc()
                 POLL_CALLS.labels(system.name).inc()
         await redis.set(_key(system, "last"), str(now))
+        emitted = await _apply(ctx, system, fetched)
         if "system" in fetched and system.api_token:
-            await _check_webhook(ctx, system, fetched["system"])
-        return await _apply(ctx, system, fetched)
+            await _check_webhook(ctx, system, fetched["system"], now)
+        return emitted
     finally:
         await release(lease)
 
@@ -160,19 +161,27 @@ async def _wrap(call: Awaitable[Any]) -> Any:
     return _as_dict(await call)
 
 
-async def _check_webhook(ctx: dict[str, Any], system: SystemConfig, fetched: dict[str, Any]) -> None:
+async def _check_webhook(ctx: dict[str, Any], system: SystemConfig, fetched: dict[str, Any], now: float) -> None:
+    """Is PluralKit still sending this system's webhooks here? If not, poll as if in
+    `poll` mode (from the next tick on) until it is again."""
     public_url = ctx["live"].current.server.public_url
     if not public_url or "webhook_url" not in fetched:
         return
+    redis, flag = ctx["redis"], _key(system, "unregistered")
     registered = fetched.get("webhook_url") == public_url
     WEBHOOK_REGISTERED.labels(system.name).set(int(registered))
+    was_registered = not await redis.exists(flag)
+    if registered == was_registered:
+        return
     if registered:
-        await ctx["redis"].delete(_key(system, "unregistered"))
+        log.info("system %s: webhooks reach %s again; back to reconciliation", system.name, public_url)
+        await redis.delete(flag)
+        await redis.hset(_key(system, "next"), mapping={c: now + s for c, s in AUTO_CADENCE.items()})
     else:
-        if not await ctx["redis"].exists(_key(system, "unregistered")):
-            log.warning("system %s: PluralKit no longer sends webhooks to %s; polling at the poll cadence",
-                        system.name, public_url)
-        await ctx["redis"].set(_key(system, "unregistered"), b"1")
+        log.warning("system %s: PluralKit no longer sends webhooks to %s; polling at the poll cadence",
+                    system.name, public_url)
+        await redis.set(flag, b"1")
+        await redis.delete(_key(system, "next"))
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""Polling: what no dispatch said becomes an event, once, within the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from pkrelay.redis_server import EmbeddedRedis
+from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
+from tests.harness import Deployment, write_config
+
+
+async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
+                      extra: str = "") -> tuple[Deployment, dict[str, str]]:
+    creds = {"name": "home", "system_id": system.uuid, "api_token": system.token, "mode": mode,
+             "signing_token": new_token()}
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], api_base_url=fake.base_url, extra=extra)
+    dep = Deployment(cfg, redis.url)
+    await dep.migrate()
+    return dep, creds
+
+
+async def test_a_poll_system_sees_each_change_once(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    a, b, c = (fake_pk.add_member(fake_system, name) for name in ("A", "B", "C"))
+    group = fake_pk.add_group(fake_system, "Crew", [a["uuid"]])
+    fake_pk.add_switch(fake_system, [a["uuid"]], "2026-11-22T10:00:00.000000Z")
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
+    t0 = time.time()
+    assert await dep.poll(t0) == 0  # the first poll records a baseline
+    assert await dep.logged() == []
+
+    switch = fake_pk.add_switch(fake_system, [b["uuid"], a["uuid"]])
+    a["name"] = "Alex"
+    a["message_count"] = 99  # changes with every message; never an event
+    del fake_system.members[c["uuid"]]
+    group["members"] = [a["uuid"], b["uuid"]]
+    assert await dep.poll(t0 + 60) == 4
+    rows = await dep.logged()
+    by_type = {r.type: r for r in rows}
+    assert sorted(by_type) == ["CREATE_SWITCH", "DELETE_MEMBER", "UPDATE_GROUP_MEMBERS", "UPDATE_MEMBER"]
+    assert all(r.source == "poll" and r.system_id == fake_system.uuid for r in rows)
+    assert by_type["UPDATE_MEMBER"].data == {"name": "Alex"} and by_type["UPDATE_MEMBER"].previous["name"] == "A"
+    assert by_type["DELETE_MEMBER"].entity_id == c["uuid"] and by_type["DELETE_MEMBER"].previous["name"] == "C"
+    assert by_type["UPDATE_GROUP_MEMBERS"].data == {"members": [a["uuid"], b["uuid"]]}
+    assert by_type["CREATE_SWITCH"].entity_id == switch["id"]
+    assert by_type["CREATE_SWITCH"].data["members"] == [b["uuid"], a["uuid"]]
+    assert [m["name"] for m in by_type["CREATE_SWITCH"].entity["members"]] == ["B", "Alex"]
+    assert await dep.poll(t0 + 120) == 0  # each change once
+
+
+async def test_auto_mode_recovers_lost_dispatches_and_repeats_none(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    members = [fake_pk.add_member(fake_system, f"M{i}") for i in range(10)]
+    group = fake_pk.add_group(fake_system, "Crew", [])
+    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "auto")
+    t0 = time.time()
+    await dep.poll(t0)
+    async with AsyncTestClient(app=dep.app()) as client:
+        dispatcher = FakeDispatcher(client, "/dispatch")
+        for i, member in enumerate(members):
+            member["description"] = f"changed {i}"
+            if i % 10 < 7:  # 30% of the dispatches are lost on the way
+                content = body("UPDATE_MEMBER", creds["signing_token"], fake_system.uuid, member["uuid"],
+                               {"description": f"changed {i}"})
+                assert (await dispatcher.send(content)).status_code == 200
+    group["members"] = [members[0]["uuid"]]  # no dispatch exists for this
+    await dep.work()
+    assert await dep.poll(t0 + 130) == 4  # reconciliation: within 2 minutes
+    rows = await dep.logged()
+    described = sorted(r.data["description"] for r in rows if r.type == "UPDATE_MEMBER")
+    assert described == sorted(f"changed {i}" for i in range(10))  # every change exactly once
+    assert [r.source for r in rows if r.type == "UPDATE_MEMBER"].count("poll") == 3
+    assert [r.type for r in rows if r.source == "poll"].count("UPDATE_GROUP_MEMBERS") == 1
+
+
+async def test_a_cleared_webhook_url_switches_auto_to_the_poll_cadence(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    public_url = "https://relay.example.org/dispatch"
+    fake_system.system["webhook_url"] = public_url
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "auto",
+                               extra=f'\n[server]\npublic_url = "{public_url}"\n')
+    t0 = time.time()
+
+    def fronter_calls() -> int:
+        return sum(1 for j in fake_pk.journal if j.path.endswith("/fronters"))
+
+    await dep.poll(t0)
+    await dep.poll(t0 + 3)
+    assert fronter_calls() == 1  # auto: fronters every 60 s
+    fake_system.system["webhook_url"] = None  # the owner cleared it
+    await dep.poll(t0 + 200)
+    await dep.poll(t0 + 203)
+    await dep.poll(t0 + 206)
+    assert fronter_calls() == 4  # poll cadence: every 2 s
+    fake_system.system["webhook_url"] = public_url
+    await dep.poll(t0 + 400)
+    await dep.poll(t0 + 403)
+    await dep.poll(t0 + 406)
+    assert fronter_calls() == 5  # back to reconciliation
+
+
+async def test_the_budget_holds_over_a_long_run(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
+    t0 = time.time()
+    for second in range(60):
+        await dep.poll(t0 + second)
+    gets = [j for j in fake_pk.journal if j.method == "GET"]
+    assert len(gets) <= 60 * 1.0 + 6  # poll_budget 1 GET/s, plus the first round
+    assert len([j for j in gets if j.path.endswith("/fronters")]) == 30  # fronters most often
+
+
+async def test_two_workers_one_poller_and_a_dead_workers_lease_expires(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
+    t0 = time.time()
+    await asyncio.gather(dep.poll(t0), dep.poll(t0))
+    assert len(fake_pk.journal) == 6  # one round of checks, not two
+    redis = Redis.from_url(redis_server.url)
+    await redis.set("pkrelay:poll:lease:home", b"a worker that died", px=300)
+    assert await dep.poll(t0 + 60) == 0 and len(fake_pk.journal) == 6  # held: nobody else polls
+    await asyncio.sleep(0.4)  # the lease's own expiry, which is what a dead worker leaves behind
+    await dep.poll(t0 + 60)
+    assert len(fake_pk.journal) == 12  # polling continues
+    await redis.aclose()
