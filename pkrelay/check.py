@@ -47,6 +47,13 @@ async def _check_api(settings: config.Settings, report: Callable[..., None]) -> 
                                                             f"not to system_id {system.system_id}")
             elif token:
                 report(True, f"system {system.name}: API", f"token of system {found.id} ({found.uuid})")
+                public_url = settings.server.public_url
+                if public_url and system.mode != "poll":
+                    here = found.webhook_url == public_url
+                    report(here or system.mode == "auto", f"system {system.name}: webhooks",
+                           "registered at server.public_url" if here else
+                           f"PluralKit does not send them to {public_url}"
+                           + ("; polling at the poll cadence instead" if system.mode == "auto" else ""))
             else:
                 report(True, f"system {system.name}: API", f"system {found.id} reachable; no api_token: "
                                                            "public data only")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Request, Router, get
 from litestar.connection import ASGIConnection
@@ -11,7 +11,7 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.params import QueryParameter
 
-from pkrelay import eventlog
+from pkrelay import eventlog, status
 from pkrelay.envelope import Event
 from receiver.relay import Relay
 
@@ -38,4 +38,10 @@ async def list_events(
     return await eventlog.query(relay.engine, system=system, event_type=event_type, since=since, limit=limit)
 
 
-api_router = Router(path="/api", route_handlers=[list_events], guards=[admin_only])
+@get("/systems", summary="Each system: mode, polling, webhook, last dispatch, last poll, API budget use")
+async def list_systems(request: Request) -> list[dict[str, Any]]:
+    relay: Relay = request.app.state.relay
+    return await status.systems(relay.live.current, relay.engine, relay.redis)
+
+
+api_router = Router(path="/api", route_handlers=[list_events, list_systems], guards=[admin_only])

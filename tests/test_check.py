@@ -24,11 +24,14 @@ def test_check_passes_and_reports_each_system(
 ) -> None:
     public = {"name": "public", "system_id": fake_pk.add_system("Other").uuid, "mode": "poll"}
     cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds, public],
-                       api_base_url=fake_pk.base_url, extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+                       api_base_url=fake_pk.base_url, extra=f'\n[redis]\nurl = "{redis_server.url}"\n'
+                       '\n[server]\npublic_url = "https://relay.example.org/dispatch"\n')
     done = _check(cfg)
     assert done.returncode == 0, done.stdout
     assert f"token of system {fake_system.system['id']}" in done.stdout
     assert "no api_token: public data only" in done.stdout
+    assert "PluralKit does not send them to https://relay.example.org/dispatch; polling at the poll cadence" \
+        in done.stdout
     assert "all checks passed" in done.stdout
     assert system_creds["api_token"] not in done.stdout and system_creds["signing_token"] not in done.stdout
 

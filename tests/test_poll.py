@@ -134,3 +134,18 @@ async def test_two_workers_one_poller_and_a_dead_workers_lease_expires(
     await dep.poll(t0 + 60)
     assert len(fake_pk.journal) == 12  # polling continues
     await redis.aclose()
+
+
+async def test_api_systems_shows_mode_polling_and_budget(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
+                                   extra='\n[server]\nadmin_token = "admin-0123456789abcdef"\n')
+    t0 = time.time()
+    await dep.poll(t0)
+    async with AsyncTestClient(app=dep.app()) as client:
+        answer = await client.get("/api/systems", headers={"Authorization": "Bearer admin-0123456789abcdef"})
+    [home] = answer.json()
+    assert home["name"] == "home" and home["mode"] == "poll" and home["polling"] == "poll cadence"
+    assert home["last_poll"] is not None and home["last_dispatch"] is None and home["poll_budget"] == 1.0
+    assert creds["api_token"] not in answer.text and creds["signing_token"] not in answer.text

@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from pkrelay import queue
+from pkrelay import queue, status
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import Event, new_event_id
 from pkrelay.pluralkit import errors
@@ -65,12 +65,12 @@ LEASE_S = 30
 
 
 def _key(system: SystemConfig, what: str) -> str:
-    return f"pkrelay:poll:{what}:{system.name}"
+    return status.poll_key(system.name, what)
 
 
 async def reconcile_soon(redis: Any, system: str) -> None:
     """A sign of lost events: every check of this system is due at the next tick."""
-    await redis.delete(f"pkrelay:poll:next:{system}")
+    await redis.delete(status.poll_key(system, "next"))
 
 
 async def cadence(redis: Any, system: SystemConfig, budget: float) -> dict[str, float] | None:
@@ -119,6 +119,7 @@ async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | No
             finally:
                 POLL_CYCLES.labels(system.name, check).inc()
                 POLL_CALLS.labels(system.name).inc()
+                await status.count_call(redis, system.name)
         await redis.set(_key(system, "last"), str(now))
         emitted = await _apply(ctx, system, fetched)
         if "system" in fetched and system.api_token:
