@@ -101,10 +101,14 @@ async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | No
     try:
         now = time.time() if now is None else now
         due_at = {k.decode(): float(v) for k, v in (await redis.hgetall(_key(system, "next"))).items()}
-        due = [check for check in plan if due_at.get(check, 0) <= now]
+        # Ticks come once a second, give or take: a check due before the next tick runs now.
+        due = [check for check in plan if due_at.get(check, 0) <= now + 0.5]
         if not due:
             return 0
-        await redis.hset(_key(system, "next"), mapping={c: now + plan[c] for c in due})
+        # Next time from when it was due, not from now: the average interval stays the
+        # cadence however the ticks fall, so the budget holds on average.
+        await redis.hset(_key(system, "next"), mapping={
+            c: due_at[c] + plan[c] if now - plan[c] < due_at.get(c, 0) else now + plan[c] for c in due})
         client = client_for(ctx, system)
         ref = system.system_id or "@me"
         fetched: dict[str, Any] = {}

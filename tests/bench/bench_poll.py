@@ -1,0 +1,89 @@
+"""Polling benchmark: a fronter change in PluralKit to the webhook sink, in `poll` mode.
+
+Runs `pkrelay run` with one `poll` system at the default budget (1 GET/s) against the
+fake PluralKit API and a local webhook sink, changes the front at irregular times, and
+reports the latency from each change to the sink receiving its CREATE_SWITCH (targets:
+p50 <= 2 s, p95 <= 4 s) and the GETs per second polling actually spent.
+
+    python -m tests.bench.bench_poll
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from pkrelay.redis_server import free_port
+from tests.fakepk.api import FakePluralKit
+from tests.harness import write_config
+from tests.sink_server import SinkServer
+
+CHANGES = int(os.environ.get("BENCH_CHANGES", "25"))
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="pkrelay-bench-"))
+    fake = FakePluralKit()
+    fake.start()
+    system = fake.add_system()
+    members = [fake.add_member(system, f"M{i}") for i in range(5)]
+    sink = SinkServer()
+    sink.start()
+    port = free_port()
+    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
+                       [{"name": "home", "system_id": system.uuid, "api_token": system.token, "mode": "poll"}],
+                       api_base_url=fake.base_url,
+                       extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n'
+                             'events = ["CREATE_SWITCH"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    changed: dict[str, float] = {}
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        time.sleep(5)  # the first polls record the baseline
+        fake.journal.clear()
+        start = time.perf_counter()
+        for _ in range(CHANGES):
+            time.sleep(random.uniform(1.0, 3.5))
+            with fake.lock:
+                switch = fake.add_switch(system, [random.choice(members)["uuid"]])
+            changed[switch["id"]] = time.perf_counter()
+        deadline = time.perf_counter() + 15
+        while len(sink.received) < CHANGES and time.perf_counter() < deadline:
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        sink.stop()
+        fake.stop()
+    latencies = []
+    for r in sink.received:
+        envelope = json.loads(r.body)
+        if envelope["entity_id"] in changed and envelope["source"] == "poll":
+            latencies.append(r.at - changed[envelope["entity_id"]])
+    gets = sum(1 for j in fake.journal if j.method == "GET")
+    q = statistics.quantiles(latencies, n=20)
+    print(f"\n{len(latencies)}/{CHANGES} front changes delivered; change-to-sink p50 {statistics.median(latencies):.2f} s, "
+          f"p95 {q[18]:.2f} s, max {max(latencies):.2f} s; polling spent {gets / elapsed:.2f} GET/s "
+          f"(budget 1.0); 429s: {sum(1 for j in fake.journal if j.status == 429)}")
+
+
+if __name__ == "__main__":
+    main()
