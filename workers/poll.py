@@ -9,11 +9,11 @@ expires if its worker dies. Each tick runs the checks that are due:
 | check    | poll cadence (s, at poll_budget 1) | auto (reconciliation) |
 |----------|------------------------------------|-----------------------|
 | fronters | 2                                  | 60                    |
-| switches | 5                                  | 120                   |
-| members  | 10                                 | 120                   |
-| groups   | 10                                 | 120                   |
-| system   | 20                                 | 120 (also checks `webhook_url`) |
-| settings | 20                                 | 120                   |
+| switches | 5                                  | 100                   |
+| members  | 10                                 | 100                   |
+| groups   | 10                                 | 100                   |
+| system   | 20                                 | 100 (also checks `webhook_url`) |
+| settings | 20                                 | 100                   |
 
 Poll cadences sum to 1 GET/s and scale with `pluralkit.poll_budget`; all calls go
 through the shared limiter with enrichment. An `auto` system whose `webhook_url` no
@@ -57,8 +57,10 @@ WEBHOOK_REGISTERED = Gauge("pkrelay_webhook_registered", "1 while PluralKit's we
                            ["system"], multiprocess_mode="mostrecent")
 
 POLL_CADENCE = {"fronters": 2.0, "switches": 5.0, "members": 10.0, "groups": 10.0, "system": 20.0, "settings": 20.0}
-AUTO_CADENCE = {"fronters": 60.0, "switches": 120.0, "members": 120.0, "groups": 120.0, "system": 120.0,
-                "settings": 120.0}
+# Every check within SPEC's two minutes for recovering a lost dispatch, with room for
+# the tick and the work.
+AUTO_CADENCE = {"fronters": 60.0, "switches": 100.0, "members": 100.0, "groups": 100.0, "system": 100.0,
+                "settings": 100.0}
 # Keys that change on their own (every proxied message) and that PluralKit never dispatches.
 VOLATILE = frozenset({"message_count", "last_message_timestamp", "webhook_url"})
 LEASE_S = 30
