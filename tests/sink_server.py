@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import uvicorn
 from litestar import Litestar, Request, Response, post
 
 from pkrelay.redis_server import free_port
+from tests.servers import ThreadedServer
 
 
 @dataclass
@@ -41,17 +40,8 @@ class SinkServer:
             status = await asyncio.to_thread(self.respond, len(self.received))
             return Response(b"", status_code=status)
 
-        app = Litestar([hook], logging_config=None)
-        config = uvicorn.Config(app, port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        for _ in range(1000):
-            if self._server.started:
-                return
-            threading.Event().wait(0.01)
-        raise RuntimeError("the sink server did not start")
+        self._server = ThreadedServer(Litestar([hook], logging_config=None), self.port)
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop()

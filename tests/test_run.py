@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from pkrelay.redis_server import free_port
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import write_config
+from tests.servers import pkrelay_run, ready
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -29,13 +28,6 @@ def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _child(run: psutil.Process, word: str) -> psutil.Process | None:
@@ -54,20 +46,8 @@ def running(tmp_path: Path, system_creds: dict[str, str],
     port = free_port()
     cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds],
                        extra=f"\n[server]\nport = {port}\n", api_base_url=fake_pk.base_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(lambda: _ready(port), 30, "readiness")
+    with pkrelay_run(cfg, port, output=subprocess.PIPE) as proc:
         yield proc, port, cfg
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_run_serves_logs_restarts_children_and_stops_cleanly(
@@ -127,4 +107,4 @@ def test_run_restarts_a_crashed_embedded_redis(
     assert redis
     redis.kill()
     _wait_for(lambda: (r := _child(run, "valkey-server")) is not None and r.pid != redis.pid, 30, "Redis restart")
-    _wait_for(lambda: _ready(port), 30, "readiness after the Redis restart")
+    _wait_for(lambda: ready(port), 30, "readiness after the Redis restart")

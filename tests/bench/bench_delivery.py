@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +22,7 @@ import httpx
 from pkrelay.redis_server import free_port
 from tests.fakepk.dispatcher import HEADERS, MEMBER_ID, body, new_system_id, new_token
 from tests.harness import write_config
+from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
 
 RATE = 20
@@ -46,17 +45,8 @@ def main() -> None:
     cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
                        [{"name": "home", "system_id": system_id, "signing_token": token}],
                        extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
-    try:
-        for _ in range(300):
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with pkrelay_run(cfg, port):
 
         def seen() -> dict[str, float]:
             with lock:
@@ -89,10 +79,7 @@ def main() -> None:
         while len(seen()) < len(sent) + BURST and time.perf_counter() < deadline:
             time.sleep(0.05)
         burst_done = max(arrivals.values())
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        sink.stop()
+    sink.stop()
 
     q = statistics.quantiles(latencies, n=100)
     print(f"\nsteady {RATE} events/s for {SECONDS} s: {len(latencies)}/{len(sent)} delivered, "

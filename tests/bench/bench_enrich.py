@@ -11,9 +11,6 @@ alone makes necessary for the calls spent.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ from pkrelay.redis_server import free_port
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import HEADERS, body, new_token
 from tests.harness import write_config
+from tests.servers import pkrelay_run
 
 MEMBERS, EVENTS, SPREAD_S = 30, 300, 2.0
 
@@ -40,9 +38,6 @@ def main() -> None:
     cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
                        [{"name": "home", "system_id": system.uuid, "signing_token": token, "api_token": system.token}],
                        extra=f"\n[server]\nport = {port}\n", api_base_url=fake.base_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine_url = config.load(cfg).database_url
 
     async def logged() -> int:
@@ -54,14 +49,7 @@ def main() -> None:
             await engine.dispose()
 
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
-    try:
-        for _ in range(300):
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with pkrelay_run(cfg, port):
         fake.journal.clear()
         start = time.perf_counter()
         for i in range(EVENTS):
@@ -75,10 +63,7 @@ def main() -> None:
         while asyncio.run(logged()) < EVENTS and time.perf_counter() - start < 120:
             time.sleep(0.1)
         done = time.perf_counter() - start
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        fake.stop()
+    fake.stop()
     calls = len(fake.journal)
     refused = sum(1 for j in fake.journal if j.status == 429)
     necessary = calls / 9  # the limiter's 9 requests/s at PluralKit's 10/s

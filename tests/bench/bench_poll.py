@@ -14,17 +14,14 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from pkrelay.redis_server import free_port
 from tests.fakepk.api import FakePluralKit
 from tests.harness import write_config
+from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
 
 CHANGES = int(os.environ.get("BENCH_CHANGES", "25"))
@@ -44,18 +41,8 @@ def main() -> None:
                        api_base_url=fake.base_url,
                        extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n'
                              'events = ["CREATE_SWITCH"]\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     changed: dict[str, float] = {}
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with pkrelay_run(cfg, port):
         time.sleep(5)  # the first polls record the baseline
         fake.journal.clear()
         start = time.perf_counter()
@@ -68,11 +55,8 @@ def main() -> None:
         while len(sink.received) < CHANGES and time.perf_counter() < deadline:
             time.sleep(0.1)
         elapsed = time.perf_counter() - start
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        sink.stop()
-        fake.stop()
+    sink.stop()
+    fake.stop()
     latencies = []
     for r in sink.received:
         envelope = json.loads(r.body)
@@ -80,7 +64,8 @@ def main() -> None:
             latencies.append(r.at - changed[envelope["entity_id"]])
     gets = sum(1 for j in fake.journal if j.method == "GET")
     q = statistics.quantiles(latencies, n=20)
-    print(f"\n{len(latencies)}/{CHANGES} front changes delivered; change-to-sink p50 {statistics.median(latencies):.2f} s, "
+    print(f"\n{len(latencies)}/{CHANGES} front changes delivered; "
+          f"change-to-sink p50 {statistics.median(latencies):.2f} s, "
           f"p95 {q[18]:.2f} s, max {max(latencies):.2f} s; polling spent {gets / elapsed:.2f} GET/s "
           f"(budget 1.0); 429s: {sum(1 for j in fake.journal if j.status == 429)}")
 

@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
-import uvicorn
 
 from pkrelay.redis_server import free_port
+from tests.servers import ThreadedServer
 
 _encode = msgspec.json.encode
 
@@ -144,20 +144,11 @@ class FakePluralKit:
         return f"http://127.0.0.1:{self.port}/v2"
 
     def start(self) -> None:
-        config = uvicorn.Config(self.asgi, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off",
-                                interface="asgi3")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        for _ in range(1000):
-            if self._server.started:
-                return
-            time.sleep(0.01)
-        raise RuntimeError("the fake PluralKit API did not start")
+        self._server = ThreadedServer(self.asgi, self.port)
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop()
 
     async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

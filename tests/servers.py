@@ -1,0 +1,68 @@
+"""Running real servers from tests and benchmarks: an ASGI app in a thread, `pkrelay run`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+
+class ThreadedServer:
+    """uvicorn serving `app` on loopback from a daemon thread, reachable by other processes."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                interface="asgi3")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
+    """`pkrelay run --config config` until it answers /readyz; SIGTERM on the way out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=env,
+                            stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready(port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("pkrelay run did not become ready")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
