@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from arq import create_pool
 from arq.connections import RedisSettings
 from litestar.testing import AsyncTestClient
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
@@ -97,7 +97,7 @@ async def test_signed_delivery_verifies_with_an_independent_library(
     assert envelope["id"] == row.id == got.headers["webhook-id"]
     assert envelope["type"] == "UPDATE_MEMBER" and envelope["data"] == {"name": "Sam"}
     assert envelope["source"] == "dispatch" and envelope["system_id"] == system_creds["system_id"]
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(_secret()).verify(got.body, got.headers)  # another key does not verify
 
 

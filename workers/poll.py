@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 from prometheus_client import Counter, Gauge
+from redis.exceptions import LockError
 
 from pkrelay import queue, status
 from pkrelay.config import SystemConfig
@@ -142,7 +143,7 @@ async def lock_nowait(lock: Any) -> bool:
 async def release(lock: Any) -> None:
     try:
         await lock.release()
-    except Exception:  # expired: another worker may hold it now, which is fine
+    except LockError:  # expired: another worker may hold it now, which is fine
         pass
 
 

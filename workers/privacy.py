@@ -122,7 +122,7 @@ def strip(envelope: dict[str, Any], system: dict[str, Any] | None) -> dict[str, 
     if event_type.endswith("_MESSAGE"):
         return {**envelope, "data": _message(data), "entity": _message(envelope.get("entity")),
                 "previous": None}
-    if event_type.endswith("SWITCH") or event_type.endswith("SWITCHES"):
+    if event_type.endswith(("SWITCH", "SWITCHES")):
         entity = public_switch(envelope.get("entity"), system)
         shown = {m["uuid"] for m in (entity or {}).get("members", []) if "uuid" in m}
         if isinstance(data, dict) and "members" in data:  # a dispatch lists member UUIDs
