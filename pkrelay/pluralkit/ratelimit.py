@@ -2,11 +2,11 @@
 
 PluralKit limits each token (or IP) per scope with GCRA, burst = rate, over 1 s, and
 rounds the remaining budget down, so the last request of a full burst is refused.
-We keep a sliding one-second log per (scope, key) in Redis and admit at most
-rate - 1 requests in any window, spaced at least 1/(rate - 1) s apart: never more
-than the configured rate in any sliding second, across processes and restarts, never
-the refused last request of a burst, and no bursts for network jitter to squeeze
-into a window the server counts as over the limit.
+We keep a sliding log per (scope, key) in Redis and admit at most `rate` requests in
+any window of 1 s plus a jitter margin, spaced evenly across it: never a burst (so never
+the refused last request of one), never more than the rate in any second the server
+counts even when the network delays one request by up to the margin, across processes
+and restarts, at rate / (1 + margin) of the allowed rate.
 The clock is Redis's own, so processes on machines with skewed clocks agree.
 
 A 429 (or a response saying no budget remains) sets a pause that every process
@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from pkrelay.pluralkit.errors import RateLimitWaitExceeded
 
-WINDOW_MS = 1000
+WINDOW_MS = 1050  # one second plus the jitter margin
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -76,7 +76,7 @@ class Limiter:
     async def acquire(self, scope: str, max_wait: float) -> float:
         """Wait for a slot; returns the seconds waited. Raises RateLimitWaitExceeded when
         the wait would pass `max_wait`, so an arq job is deferred instead of blocking."""
-        limit = max(1, int(self.rate(scope)) - 1)
+        limit = max(1, int(self.rate(scope)))
         waited = 0.0
         while True:
             member = f"{time.time_ns()}:{id(self)}:{waited}"

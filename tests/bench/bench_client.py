@@ -2,8 +2,8 @@
 
 Four processes share one token through the Redis limiter, as four workers would. The
 figure is requests per second achieved over the configured rate (PluralKit's 10/s);
-the limiter admits rate - 1 per second on purpose (PLURALKIT.md: the last request of a
-full burst is refused), so 90% is the ceiling. Also printed: 429s seen (target 0) and
+the limiter spreads `rate` requests evenly over 1.05 s on purpose (no bursts, and a
+50 ms margin for network jitter), so 95.2% is the ceiling. Also printed: 429s seen (target 0) and
 the most requests the server saw in any one second.
 
     python -m tests.bench.bench_client
