@@ -54,6 +54,15 @@ async def test_a_poll_system_sees_each_change_once(
     assert [m["name"] for m in by_type["CREATE_SWITCH"].entity["members"]] == ["B", "Alex"]
     assert await dep.poll(t0 + 120) == 0  # each change once
 
+    # A switch logged in the past shows only in /switches, which lists members by short id:
+    # the event still names them as a dispatch would, and carries the full members.
+    past = fake_pk.add_switch(fake_system, [b["uuid"]], "2026-11-22T11:00:00.000000Z")
+    assert await dep.poll(t0 + 180) == 1
+    [backdated] = [r for r in await dep.logged() if r.entity_id == past["id"]]
+    assert backdated.type == "CREATE_SWITCH"
+    assert backdated.data["members"] == [b["uuid"]] and backdated.data["timestamp"].startswith("2026-11-22T11:00")
+    assert [m["name"] for m in backdated.entity["members"]] == ["B"]
+
 
 async def test_auto_mode_recovers_lost_dispatches_and_repeats_none(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem

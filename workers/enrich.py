@@ -16,7 +16,7 @@ What each type fetches (and why) is the table in README.md. Two rules shape it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -155,6 +155,14 @@ async def _switch_members(view: state.View, fetched: list[Any], sent: list[Any] 
     return [known.get(u) or stored.get(u) or {"uuid": u} for u in sent if isinstance(u, str)]
 
 
+def full_switch(switch: dict[str, Any], members: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A switch from /switches (members by short id) in the one shape the store and the
+    envelope use, as /fronters and /switches/{id} give it: full member objects."""
+    by_id = {m["id"]: m for m in members if "id" in m}
+    listed = switch.get("members") or []
+    return {**switch, "members": [m if isinstance(m, dict) else by_id.get(m, {"id": m}) for m in listed]}
+
+
 async def resync(client: PluralKitClient, system_id: str,
                  progress: Callable[[str], None] = lambda step: None) -> Enriched:
     """A full snapshot: after `pk;import` (which sends no dispatch for what it wrote) and
@@ -177,6 +185,9 @@ async def resync(client: PluralKitClient, system_id: str,
             value = builtins(await fetch())
         except errors.Forbidden:
             value = None
+        if kind == "switch" and isinstance(value, list):
+            members = [data for k, _, data, _ in result.writes if k == "member" and data]
+            value = [full_switch(item, members) for item in value]
         if isinstance(value, list):
             result.writes += [(kind, item.get("uuid") or item["id"], item, now) for item in value]
         elif value is not None:

@@ -46,7 +46,7 @@ from pkrelay.pluralkit import errors
 from pkrelay.pluralkit.client import PluralKitClient
 from workers import state
 from workers.api import client_for
-from workers.enrich import apply
+from workers.enrich import apply, full_switch
 from workers.record import record
 
 log = logging.getLogger("pkrelay.poll")
@@ -192,6 +192,15 @@ async def _check_webhook(ctx: dict[str, Any], system: SystemConfig, fetched: dic
         await redis.delete(_key(system, "next"))
 
 
+def _uuids(switch: dict[str, Any]) -> list[Any]:
+    return [m.get("uuid", m.get("id")) for m in switch.get("members", [])]
+
+
+def _created_switch(switch: dict[str, Any]) -> dict[str, Any]:
+    """CREATE_SWITCH `data` as PluralKit dispatches it: members by UUID."""
+    return {"id": switch["id"], "timestamp": switch.get("timestamp"), "members": _uuids(switch)}
+
+
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in new.items() if k not in VOLATILE and old.get(k) != v}
 
@@ -250,7 +259,10 @@ class Diff:
         if "fronters" in fetched:
             await self.fronters(conn, fetched["fronters"])
         if fetched.get("switches"):
-            await self.switches(conn, fetched["switches"], (fetched.get("fronters") or {}).get("id"))
+            members = {**await state.all_of(conn, self.system_id, "member"),
+                       **{m["uuid"]: m for m in fetched.get("members", [])}}
+            listed = [full_switch(sw, members.values()) for sw in fetched["switches"]]
+            await self.switches(conn, listed, (fetched.get("fronters") or {}).get("id"))
 
     async def single(self, conn: Any, kind: str, event_type: str, entity: dict[str, Any]) -> None:
         stored = await state.get(conn, kind, self.system_id)
@@ -290,18 +302,17 @@ class Diff:
         writes: list[state.Write] = [("fronters", self.system_id, front, self.now)]
         if switch_id:
             writes.append(("switch", switch_id, front, self.now))
-        members = [m.get("uuid") for m in front.get("members", [])]
+        members = _uuids(front)
         if stored is None:
             self.quiet += writes
         elif stored.data.get("id") != switch_id:
             if switch_id and await state.get(conn, "switch", switch_id) is None:
-                self.emit("CREATE_SWITCH", switch_id, {"id": switch_id, "timestamp": front.get("timestamp"),
-                                                       "members": members}, front, None, writes)
+                self.emit("CREATE_SWITCH", switch_id, _created_switch(front), front, None, writes)
             else:
                 self.quiet += writes
         else:
             changed: dict[str, Any] = {}
-            if [m.get("uuid") for m in stored.data.get("members", [])] != members:
+            if _uuids(stored.data) != members:
                 changed["members"] = members
             if stored.data.get("timestamp") != front.get("timestamp"):
                 changed["timestamp"] = front.get("timestamp")
@@ -318,7 +329,7 @@ class Diff:
         emitted = {e.entity_id for e, _ in self.events}
         for sid, sw in by_id.items():
             if sid not in stored and sid != current_id and sid not in emitted:
-                self.emit("CREATE_SWITCH", sid, sw, sw, None, [("switch", sid, sw, self.now)])
+                self.emit("CREATE_SWITCH", sid, _created_switch(sw), sw, None, [("switch", sid, sw, self.now)])
         oldest = min(s["timestamp"] for s in listed)
         for sid, before in stored.items():
             if sid not in by_id and sid != current_id and str(before.get("timestamp", "")) >= oldest:
