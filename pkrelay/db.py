@@ -30,9 +30,11 @@ events = sa.Table(
     sa.Column("data", sa.JSON, nullable=True),
     sa.Column("entity", sa.JSON, nullable=True),
     sa.Column("previous", sa.JSON, nullable=True),
+    sa.Column("logged_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_events_system_received", "system_id", "received_at"),
     sa.Index("ix_events_type_received", "type", "received_at"),
     sa.Index("ix_events_received", "received_at"),
+    sa.Index("ix_events_logged", "logged_at"),
 )
 
 deliveries = sa.Table(

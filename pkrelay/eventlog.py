@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import sqlalchemy as sa
@@ -49,20 +49,79 @@ async def query(
     return [row_to_event(r) for r in rows]
 
 
+# Longer than any transaction that logs events takes between stamping and committing.
+FOLLOW_OVERLAP = timedelta(seconds=30)
+
+
+async def _logged_since(engine: AsyncEngine, since: datetime | None, system: str | None,
+                        event_type: str | None) -> list[tuple[Event, datetime]]:
+    t = db.events
+    stmt = sa.select(t).where(t.c.logged_at.is_not(None))
+    if since is not None:
+        stmt = stmt.where(t.c.logged_at >= since)
+    if system:
+        stmt = stmt.where(sa.or_(t.c.system == system, t.c.system_id == system))
+    if event_type:
+        stmt = stmt.where(t.c.type == event_type)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt.order_by(t.c.logged_at, t.c.id))).all()
+    return [(row_to_event(r), r.logged_at.replace(tzinfo=r.logged_at.tzinfo or UTC)) for r in rows]
+
+
+class Follower:
+    """Events as they reach the log, each once.
+
+    Not by id: ids sort by arrival at the receiver, and an event whose enrichment
+    waited (API down, rate limit) is logged after later ones. We read by the time each
+    row was logged, re-reading an overlap so that rows committed late are not missed,
+    and skip the ids already seen. `start` marks what is in the log now as seen.
+    """
+
+    def __init__(self, engine: AsyncEngine, system: str | None, event_type: str | None) -> None:
+        self.engine, self.system, self.event_type = engine, system, event_type
+        self.seen: dict[str, datetime] = {}
+        self.newest: datetime | None = None
+
+    async def start(self) -> None:
+        async with self.engine.connect() as conn:
+            newest = (await conn.execute(sa.select(sa.func.max(db.events.c.logged_at)))).scalar()
+        if newest is not None:
+            self.newest = newest.replace(tzinfo=newest.tzinfo or UTC)
+            await self.read()
+
+    def mark(self, events: list[Event]) -> None:
+        for event in events:
+            self.seen.setdefault(event.id, self.newest or datetime.now(UTC))
+
+    async def read(self) -> list[Event]:
+        since = self.newest - FOLLOW_OVERLAP if self.newest else None
+        new = []
+        for event, logged_at in await _logged_since(self.engine, since, self.system, self.event_type):
+            self.newest = max(self.newest or logged_at, logged_at)
+            if event.id not in self.seen:
+                self.seen[event.id] = logged_at
+                new.append(event)
+        if self.newest:
+            self.seen = {i: at for i, at in self.seen.items() if at >= self.newest - FOLLOW_OVERLAP}
+        return new
+
+
 async def print_events(settings: Settings, *, follow: bool, system: str | None, event_type: str | None) -> int:
-    """Print the latest events oldest first, one JSON envelope per line."""
+    """Print the latest events oldest first, one JSON envelope per line; then, with
+    `follow`, every event logged from then on."""
     engine = db.create_engine(settings.database_url)
+    follower = Follower(engine, system, event_type)
     try:
+        if follow:
+            await follower.start()
         batch = list(reversed(await query(engine, system=system, event_type=event_type, limit=50)))
-        last: str | None = None
         while True:
             for event in batch:
                 print(msgspec.json.encode(event).decode(), flush=True)
-                last = event.id
             if not follow:
                 return 0
+            follower.mark(batch)
             await asyncio.sleep(1)
-            batch = await query(engine, system=system, event_type=event_type, after_id=last, limit=1000,
-                                newest_first=False)
+            batch = await follower.read()
     finally:
         await engine.dispose()

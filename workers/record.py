@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from pkrelay import db
@@ -19,12 +20,13 @@ async def record(ctx: dict[str, Any], system: str, items: list[tuple[Event, list
     returns the ids that were new (a rerun inserts nothing and changes no state)."""
     engine = ctx["engine"]
     new: set[str] = set()
+    logged_at = datetime.now(UTC)
     async with engine.begin() as conn:
         for event, writes in items:
             result = await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values(
                 id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
                 entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
-                previous=event.previous,
+                previous=event.previous, logged_at=logged_at,
             ))
             if result.rowcount:
                 new.add(event.id)
