@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
 
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from pkrelay import db, status
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
@@ -129,20 +137,65 @@ async def test_the_budget_holds_over_a_long_run(
     assert len([j for j in gets if j.path.endswith("/fronters")]) == 30  # fronters most often
 
 
-async def test_two_workers_one_poller_and_a_dead_workers_lease_expires(
+async def test_two_workers_one_poller(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
 ) -> None:
     dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
     t0 = time.time()
     await asyncio.gather(dep.poll(t0), dep.poll(t0))
     assert len(fake_pk.journal) == 6  # one round of checks, not two
+
+
+async def _until(condition: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := await condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+    return result
+
+
+async def test_polling_continues_when_the_polling_worker_is_killed(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    """Two `pkrelay worker` processes; the one holding the lease is killed mid-poll."""
+    member = fake_pk.add_member(fake_system, "Sam")
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
+                               extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    workers = {}
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "worker", "--config", str(dep.config_file)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers[proc.pid] = proc
     redis = Redis.from_url(redis_server.url)
-    await redis.set("pkrelay:poll:lease:home", b"a worker that died", px=300)
-    assert await dep.poll(t0 + 60) == 0 and len(fake_pk.journal) == 6  # held: nobody else polls
-    await asyncio.sleep(0.4)  # the lease's own expiry, which is what a dead worker leaves behind
-    await dep.poll(t0 + 60)
-    assert len(fake_pk.journal) == 12  # polling continues
-    await redis.aclose()
+    engine = db.create_engine(dep.live().current.database_url)
+
+    async def baseline() -> bool:
+        async with engine.connect() as conn:
+            return bool((await conn.execute(sa.select(sa.func.count()).select_from(db.state)
+                                            .where(db.state.c.kind == "member"))).scalar())
+
+    try:
+        await _until(baseline, 60, "the first poll's baseline")
+        holder = await _until(lambda: redis.get(status.poll_key("home", "lease")), 30, "a poll in progress")
+        pid = int(holder.decode().split(":")[1])
+        workers.pop(pid).kill()  # SIGKILL while it holds the lease: nothing released
+        member["name"] = "Sal"
+        logged = await _until(lambda: _updates(dep), 60, "the survivor to poll the rename")
+        assert [r.data for r in logged] == [{"name": "Sal"}]
+        [survivor] = workers.values()
+        assert survivor.poll() is None  # the rename was polled by the survivor
+    finally:
+        for proc in workers.values():
+            proc.terminate()
+            proc.wait(30)
+        await redis.aclose()
+        await engine.dispose()
+
+
+async def _updates(dep: Deployment) -> list[Any]:
+    return [r for r in await dep.logged() if r.type == "UPDATE_MEMBER"]
 
 
 async def test_api_systems_shows_mode_polling_and_budget(

@@ -30,6 +30,9 @@ as a baseline and yields nothing.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -99,7 +102,7 @@ async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | No
     if plan is None or not system.system_id and not system.api_token:
         return 0
     lease = redis.lock(_key(system, "lease"), timeout=LEASE_S)
-    if not await lock_nowait(lease):
+    if not await lease.acquire(blocking=False, token=_holder()):
         return 0  # another worker polls this system right now
     try:
         now = time.time() if now is None else now
@@ -136,8 +139,9 @@ async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | No
         await release(lease)
 
 
-async def lock_nowait(lock: Any) -> bool:
-    return bool(await lock.acquire(blocking=False))
+def _holder() -> str:
+    """A lease token naming its worker (host:pid), for whoever looks at the key."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 async def release(lock: Any) -> None:
