@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
