@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from pkrelay import db, status
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment, until, write_config
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
@@ -145,15 +144,6 @@ async def test_two_workers_one_poller(
     assert len(fake_pk.journal) == 6  # one round of checks, not two
 
 
-async def _until(condition: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := await condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-    return result
-
-
 async def test_polling_continues_when_the_polling_worker_is_killed(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
 ) -> None:
@@ -176,12 +166,12 @@ async def test_polling_continues_when_the_polling_worker_is_killed(
                                             .where(db.state.c.kind == "member"))).scalar())
 
     try:
-        await _until(baseline, 60, "the first poll's baseline")
-        holder = await _until(lambda: redis.get(status.poll_key("home", "lease")), 30, "a poll in progress")
+        await until(baseline, 60, "the first poll's baseline")
+        holder = await until(lambda: redis.get(status.poll_key("home", "lease")), 30, "a poll in progress")
         pid = int(holder.decode().split(":")[1])
         workers.pop(pid).kill()  # SIGKILL while it holds the lease: nothing released
         member["name"] = "Sal"
-        logged = await _until(lambda: _updates(dep), 60, "the survivor to poll the rename")
+        logged = await until(lambda: _updates(dep), 60, "the survivor to poll the rename")
         assert [r.data for r in logged] == [{"name": "Sal"}]
         [survivor] = workers.values()
         assert survivor.poll() is None  # the rename was polled by the survivor

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+from litestar.testing import AsyncTestClient
 
 from pkrelay import queue
 from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis
-from tests.harness import Deployment
+from tests.fakepk.api import FakePluralKit
+from tests.fakepk.dispatcher import FakeDispatcher, body
+from tests.harness import Deployment, until, write_config
+from tests.sink_server import Received, SinkServer
 
 
 def _job(i: int, system_id: str) -> tuple[str, str, bytes]:
@@ -44,3 +53,51 @@ async def test_a_job_enqueued_twice_logs_one_event(deployment: Deployment, redis
     await redis.aclose()
     rows = await deployment.logged()
     assert [r.id for r in rows] == [job[0]]
+
+
+async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_minutes(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str]
+) -> None:
+    """SPEC's bound, with real processes: SIGKILL while enriching, then a new worker."""
+    sink = SinkServer()
+    sink.start()
+    creds = {**system_creds, "mode": "webhook"}
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], api_base_url=fake_pk.base_url,
+                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n\n[[sinks]]\ntype = "webhook"\n'
+                             f'url = "{sink.url}"\n')
+    dep = Deployment(cfg, redis_server.url)
+    await dep.migrate()
+    async with AsyncTestClient(app=dep.app()) as client:
+        content = body("UPDATE_SYSTEM", creds["signing_token"], creds["system_id"], None, {"name": "Renamed"})
+        assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    command = [sys.executable, "-m", "pkrelay", "worker", "--config", str(cfg)]
+    redis = queue.connect(redis_server.url)
+
+    async def delivered() -> list[Received]:
+        return sink.received
+
+    async def ingesting() -> list[bytes]:
+        return [k for k in await redis.keys("arq:in-progress:*") if not k.startswith(b"arq:in-progress:cron:")]
+
+    fake_pk.delay = 60  # the first worker hangs in enrichment's API call...
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+    try:
+        await until(ingesting, 30, "the worker to start the job")
+        first.kill()  # ...and dies there
+        first.wait()
+        fake_pk.delay = 0
+        second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started = time.monotonic()
+        await until(delivered, 150, "the delivery")
+        assert time.monotonic() - started < 120
+        [row] = await dep.logged()
+        assert row.data == {"name": "Renamed"} and row.entity["name"] == "Renamed"
+        assert {r.headers["webhook-id"] for r in sink.received} == {row.id}
+    finally:
+        if second is not None:
+            second.terminate()
+            second.wait(30)
+        await redis.aclose()
+        sink.stop()
