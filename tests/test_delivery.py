@@ -201,3 +201,10 @@ async def test_sinks_only_get_the_types_and_systems_they_ask_for(
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     assert (len(switches.received), len(members.received), len(other.received)) == (0, 1, 0)
+
+
+def test_the_default_retries_of_a_failing_sink_start_within_two_minutes_and_last_a_day() -> None:
+    policy = RetryPolicy()
+    for _ in range(100):  # jitter: every draw, not one lucky one
+        assert sum(policy.delay(n) for n in range(1, 4)) < 120  # three retries within SPEC's 2 minutes
+    assert policy.window >= 24 * 3600 and policy.delay(30) <= policy.cap
