@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import aiomqtt
@@ -25,6 +26,7 @@ class Subscriber:
     def __init__(self, broker: Broker, topics: list[str]) -> None:
         self.broker, self.topics = broker, topics
         self.got: dict[str, bytes] = {}
+        self.count: Counter[str] = Counter()
         self._changed = asyncio.Event()
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -34,6 +36,7 @@ class Subscriber:
             ready.set()
             async for message in client.messages:
                 self.got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
+                self.count[str(message.topic)] += 1
                 self._changed.set()
 
     async def until(self, done: Callable[[dict[str, bytes]], bool], timeout: float = 15) -> dict[str, bytes]:
@@ -106,6 +109,23 @@ async def test_a_switch_publishes_the_event_the_front_and_discovery(
     assert config["state_topic"] == f"pkrelay/{short}/front"
     assert config["json_attributes_topic"] == f"pkrelay/{short}/front/attributes"
     assert config["unique_id"] == f"pkrelay_{short}_front" and config["device"]["identifiers"]
+
+
+async def test_one_worker_keeps_one_connection_and_announces_once(
+    deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
+    mqtt_broker: Broker, subscribe: Callable,
+) -> None:
+    """Home Assistant sees one discovery config, not one per switch (nor a reconnect per event)."""
+    _with_mqtt(deployment, mqtt_broker)
+    short = fake_system.system["id"]
+    members = [fake_pk.add_member(fake_system, name) for name in ("Alex", "Sam", "Kim")]
+    discovery, front = f"homeassistant/sensor/pkrelay_{short}/front/config", f"pkrelay/{short}/front"
+    seen = await subscribe([discovery, front, f"pkrelay/{short}/events/#"])
+    for member in members:
+        await _switch(deployment, system_creds, fake_pk, fake_system, [member])
+    await deployment.work(RetryPolicy(base=0.1, cap=0.2))
+    await seen.until(lambda g: seen.count[f"pkrelay/{short}/events/CREATE_SWITCH"] == 3 and seen.count[front] == 3)
+    assert seen.count[discovery] == 1
 
 
 async def test_a_broker_restart_delays_delivery_and_loses_nothing(

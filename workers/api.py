@@ -20,7 +20,7 @@ def build_client(settings: Settings, redis: Any, token: str, transport: Any = No
 def client_for(ctx: dict[str, Any], system: SystemConfig) -> PluralKitClient:
     """The client of this system's API token (or the anonymous one)."""
     token = system.api_token.reveal()
-    clients: dict[str, PluralKitClient] = ctx.setdefault("clients", {})
+    clients: dict[str, PluralKitClient] = ctx["clients"]
     key = token_key(token)
     if key not in clients:
         clients[key] = build_client(ctx["live"].current, ctx["redis"], token, ctx.get("api_transport"))
@@ -28,5 +28,5 @@ def client_for(ctx: dict[str, Any], system: SystemConfig) -> PluralKitClient:
 
 
 async def close_clients(ctx: dict[str, Any]) -> None:
-    for client in ctx.pop("clients", {}).values():
+    for client in ctx["clients"].values():
         await client.aclose()

@@ -152,7 +152,7 @@ async def _publish_mqtt(ctx: dict[str, Any], sink: MqttSink, system_name: str, e
         async with engine.begin() as conn:
             await state.put(conn, "system", event.system_id, event.system_id, fetched, datetime.now(UTC))
         system = state.Stored(fetched, None)
-    connections: dict[str, MqttConnection] = ctx.setdefault("mqtt", {})
+    connections: dict[str, MqttConnection] = ctx["mqtt"]
     connection = connections.setdefault(sink.key, MqttConnection(sink))
     short_id = str(system.data["id"])
     await connection.publish_event(short_id, event.type, body)

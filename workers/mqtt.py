@@ -8,6 +8,7 @@ lost while the broker is down.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -57,22 +58,26 @@ class MqttConnection:
         self.sink = sink
         self._client: aiomqtt.Client | None = None
         self._announced: set[str] = set()
+        self._connecting = asyncio.Lock()  # concurrent deliveries share one connection
 
     async def _connected(self) -> aiomqtt.Client:
-        if self._client is None:
-            url = urlparse(self.sink.url)
-            tls = ssl.create_default_context() if url.scheme == "mqtts" else None
-            client = aiomqtt.Client(
-                url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
-                username=url.username, password=url.password, tls_context=tls, timeout=TIMEOUT,
-                identifier=f"pkrelay-{socket.gethostname()}-{os.getpid()}-{self.sink.key}",
-            )
-            try:
-                await client.__aenter__()
-            except aiomqtt.MqttError as exc:
-                raise MqttUnavailable(f"cannot connect: {exc}") from None
-            self._client, self._announced = client, set()
-        return self._client
+        async with self._connecting:
+            return self._client or await self._connect()
+
+    async def _connect(self) -> aiomqtt.Client:
+        url = urlparse(self.sink.url)
+        tls = ssl.create_default_context() if url.scheme == "mqtts" else None
+        client = aiomqtt.Client(
+            url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
+            username=url.username, password=url.password, tls_context=tls, timeout=TIMEOUT,
+            identifier=f"pkrelay-{socket.gethostname()}-{os.getpid()}-{self.sink.key}",
+        )
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"cannot connect: {exc}") from None
+        self._client, self._announced = client, set()
+        return client
 
     async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         client = await self._connected()

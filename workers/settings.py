@@ -32,13 +32,17 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
         ctx["live"] = live
         ctx["engine"] = db.create_engine(live.current.database_url)
         ctx["http"] = httpx.AsyncClient(follow_redirects=False)
+        # arq hands each job a shallow copy of this dict: what jobs share across runs
+        # (API clients, MQTT connections) must be a container created here.
+        ctx["clients"] = {}
+        ctx["mqtt"] = {}
         ctx["retry_policy"] = retry_policy or RetryPolicy()
         ctx["watcher"] = asyncio.create_task(live.watch(config_changed))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         ctx["watcher"].cancel()
         await close_clients(ctx)
-        for connection in ctx.get("mqtt", {}).values():
+        for connection in ctx["mqtt"].values():
             await connection.close()
         await ctx["http"].aclose()
         await ctx["engine"].dispose()

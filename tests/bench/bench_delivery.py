@@ -1,7 +1,8 @@
 """End-to-end latency: from the dispatch POST to a webhook sink receiving the event.
 
-Runs `pkrelay run` as a user would (embedded Redis, SQLite, one worker) with one
-webhook sink served by this process, sends dispatches at a fixed 20/s and reports
+Runs `pkrelay run` as a user would (embedded Redis, SQLite, one worker) against the
+fake PluralKit API, with one webhook sink served by this process; sends dispatches
+(member edits, so enrichment runs too) at a fixed 20/s and reports
 p50/p95 of POST-to-receipt, then sends a burst and reports deliveries per second.
 
     python -m tests.bench.bench_delivery
@@ -20,7 +21,8 @@ from pathlib import Path
 import httpx
 
 from pkrelay.redis_server import free_port
-from tests.fakepk.dispatcher import HEADERS, MEMBER_ID, body, new_system_id, new_token
+from tests.fakepk.api import FakePluralKit
+from tests.fakepk.dispatcher import HEADERS, body, new_token
 from tests.harness import write_config
 from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
@@ -40,11 +42,15 @@ def main() -> None:
 
     sink = SinkServer(respond=respond)
     sink.start()
-    token, system_id = new_token(), new_system_id()
-    port = free_port()
+    fake = FakePluralKit()
+    fake.start()
+    system = fake.add_system()
+    system_id, member_id = system.uuid, fake.add_member(system, "Sam")["uuid"]
+    token, port = new_token(), free_port()
     cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
-                       [{"name": "home", "system_id": system_id, "signing_token": token}],
-                       extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
+                       [{"name": "home", "system_id": system_id, "signing_token": token, "api_token": system.token}],
+                       extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n',
+                       api_base_url=fake.base_url)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
     with pkrelay_run(cfg, port):
 
@@ -62,7 +68,7 @@ def main() -> None:
                 time.sleep(delay)
             name = f"steady-{i}"
             sent[name] = time.perf_counter()
-            r = client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, MEMBER_ID, {"name": name}),
+            r = client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, member_id, {"name": name}),
                             headers=HEADERS)
             assert r.status_code == 200
         deadline = time.perf_counter() + 30
@@ -72,7 +78,7 @@ def main() -> None:
 
         burst_start = time.perf_counter()
         for i in range(BURST):
-            client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, MEMBER_ID,
+            client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, member_id,
                                                   {"name": f"burst-{i}"}), headers=HEADERS)
         posted = time.perf_counter()
         deadline = time.perf_counter() + 300
@@ -80,6 +86,7 @@ def main() -> None:
             time.sleep(0.05)
         burst_done = max(arrivals.values())
     sink.stop()
+    fake.stop()
 
     q = statistics.quantiles(latencies, n=100)
     print(f"\nsteady {RATE} events/s for {SECONDS} s: {len(latencies)}/{len(sent)} delivered, "
