@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -54,11 +55,19 @@ def main() -> None:
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
     with pkrelay_run(cfg, port):
 
+        read = 0
+
         def seen() -> dict[str, float]:
+            nonlocal read
             with lock:
-                for r in sink.received[len(arrivals):]:
-                    arrivals[json.loads(r.body)["data"]["name"]] = r.at
+                for r in sink.received[read:]:
+                    arrivals.setdefault(str((json.loads(r.body)["data"] or {}).get("name")), r.at)
+                    read += 1
             return arrivals
+
+        def missing(names: Iterable[str]) -> list[str]:
+            arrived = seen()
+            return [n for n in names if n not in arrived]
 
         sent: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -72,19 +81,20 @@ def main() -> None:
                             headers=HEADERS)
             assert r.status_code == 200
         deadline = time.perf_counter() + 30
-        while len(seen()) < len(sent) and time.perf_counter() < deadline:
+        while missing(sent) and time.perf_counter() < deadline:
             time.sleep(0.05)
         latencies = [(arrivals[n] - t) * 1000 for n, t in sent.items() if n in arrivals]
 
         burst_start = time.perf_counter()
-        for i in range(BURST):
-            client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, member_id,
-                                                  {"name": f"burst-{i}"}), headers=HEADERS)
+        burst = [f"burst-{i}" for i in range(BURST)]
+        for name in burst:
+            client.post("/dispatch", content=body("UPDATE_MEMBER", token, system_id, member_id, {"name": name}),
+                        headers=HEADERS)
         posted = time.perf_counter()
         deadline = time.perf_counter() + 300
-        while len(seen()) < len(sent) + BURST and time.perf_counter() < deadline:
+        while missing(burst) and time.perf_counter() < deadline:
             time.sleep(0.05)
-        burst_done = max(arrivals.values())
+        burst_done = max(arrivals[n] for n in burst)
     sink.stop()
     fake.stop()
 

@@ -70,7 +70,7 @@ def main() -> None:
     refused = sum(1 for j in fake.journal if j.status == 429)
     necessary = calls * WINDOW_MS / 1000 / 10  # the limiter's pace at PluralKit's 10/s
     print(f"\n{EVENTS} UPDATE_MEMBER over {MEMBERS} members, posted in {posted:.1f} s: {calls} API calls "
-          f"(target <= 45; {enrichment} member fetches, the rest the auto mode's first reconciliation), "
+          f"(target <= 45; {enrichment} member fetches, the rest reconciliation: auto mode, and new members), "
           f"{refused} 429s; all logged after {done:.1f} s "
           f"(rate limit alone needs {necessary:.1f} s; target <= {necessary + 2:.1f} s)")
 
