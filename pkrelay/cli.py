@@ -66,11 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from arq.worker import Worker
 
+    from workers import metrics
     from workers.settings import worker_settings
 
     path, settings = _load(args, "worker")
     redis_url = _need_redis(settings, "worker")
     asyncio.run(db.migrate_url(settings.database_url))
+    metrics.serve(settings)
     Worker(**worker_settings(config.LiveSettings(path, settings), redis_url)).run()
     return 0
 

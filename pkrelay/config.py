@@ -15,7 +15,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -64,13 +64,19 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     dispatch_path: str = "/dispatch"
     public_url: str = ""
     max_body_bytes: int = 262144
     admin_token: Secret = msgspec.field(default_factory=Secret)
+    # Where each `pkrelay worker` serves its own /metrics when it runs apart from a
+    # receiver (0: off). Under `pkrelay run` the receiver's /metrics includes the worker.
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
 
 class PluralKitConfig(_Section):

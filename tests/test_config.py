@@ -31,6 +31,7 @@ def test_no_file_means_every_default(tmp_path: Path) -> None:
          "systems.1.mdoe: Object contains unknown field `mdoe` (line 5)"),
         ('[[systems]]\nname = "a"\nmode = "sometimes"\n', "systems.0.mode: Invalid enum value 'sometimes' (line 3)"),
         ('[[sinks]]\ntype = "smtp"\nurl = "x"\n', "sinks.0.type: Invalid value 'smtp' (line 2)"),
+        ('[server]\nport = 70000\n', "server.port: Expected `int` <= 65535 (line 2)"),
         ('[serverr]\nport = 1\n', "serverr: Object contains unknown field `serverr` (line 1)"),
         ('[server\n', "not valid TOML"),
     ],

@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from pkrelay import queue
 from pkrelay.envelope import new_event_id
-from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until, write_config
@@ -100,4 +102,41 @@ async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_m
             second.terminate()
             second.wait(30)
         await redis.aclose()
+        sink.stop()
+
+
+async def test_a_worker_apart_from_the_receiver_serves_its_own_metrics(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str]
+) -> None:
+    sink = SinkServer()
+    sink.start()
+    port = free_port()
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**system_creds, "mode": "webhook"}],
+                       api_base_url=fake_pk.base_url,
+                       extra=f'\n[server]\nworker_metrics_port = {port}\n\n[redis]\nurl = "{redis_server.url}"\n'
+                             f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
+    dep = Deployment(cfg, redis_server.url)
+    await dep.migrate()
+    async with AsyncTestClient(app=dep.app()) as client:
+        content = body("UPDATE_SYSTEM", system_creds["signing_token"], system_creds["system_id"], None, {"name": "n"})
+        assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    worker = subprocess.Popen([sys.executable, "-m", "pkrelay", "worker", "--config", str(cfg)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def delivered() -> bool:
+        try:
+            async with httpx.AsyncClient() as http:
+                page = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        except httpx.HTTPError:
+            return False
+        return any(sample.name == "pkrelay_deliveries_total" and sample.labels["outcome"] == "delivered"
+                   and sample.value == 1 for family in text_string_to_metric_families(page) for sample in family.samples)
+
+    try:
+        await until(delivered, 30, "the worker's /metrics to count the delivery")
+        assert len(sink.received) == 1
+    finally:
+        worker.terminate()
+        worker.wait(30)
         sink.stop()
