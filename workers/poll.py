@@ -67,7 +67,8 @@ AUTO_CADENCE = {"fronters": 60.0, "switches": 100.0, "members": 100.0, "groups":
                 "settings": 100.0}
 # Keys that change on their own (every proxied message) and that PluralKit never dispatches.
 VOLATILE = frozenset({"message_count", "last_message_timestamp", "webhook_url"})
-LEASE_S = 30
+# A dead poller's lease lapses this long after its last call; each call renews it.
+LEASE_S = 15
 
 
 def _key(system: SystemConfig, what: str) -> str:
@@ -119,6 +120,11 @@ async def poll_system(ctx: dict[str, Any], system: SystemConfig, now: float | No
         ref = system.system_id or "@me"
         fetched: dict[str, Any] = {}
         for check in due:
+            try:
+                await lease.reacquire()  # a fresh LEASE_S for each call, however long the last one took
+            except LockError:
+                log.warning("poll of %s outlasted its lease; another worker polls it now", system.name)
+                return 0
             try:
                 fetched[check] = await FETCHERS[check](client, ref)
             except errors.Forbidden:
