@@ -57,23 +57,35 @@ async def test_a_job_enqueued_twice_logs_one_event(deployment: Deployment, redis
     assert [r.id for r in rows] == [job[0]]
 
 
+async def _split(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, creds: dict[str, str], sink: SinkServer,
+                 server: str = "") -> tuple[Deployment, Path]:
+    """A config for separate processes (shared Redis, a webhook sink), one UPDATE_SYSTEM
+    already answered 200 by the receiver and queued."""
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**creds, "mode": "webhook"}],
+                       api_base_url=fake.base_url,
+                       extra=f'\n[server]\n{server}\n[redis]\nurl = "{redis.url}"\n'
+                             f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
+    dep = Deployment(cfg, redis.url)
+    await dep.migrate()
+    async with AsyncTestClient(app=dep.app()) as client:
+        content = body("UPDATE_SYSTEM", creds["signing_token"], creds["system_id"], None, {"name": "Renamed"})
+        assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
+    return dep, cfg
+
+
+def _worker(cfg: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    return subprocess.Popen([sys.executable, "-m", "pkrelay", "worker", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_minutes(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str]
 ) -> None:
     """SPEC's bound, with real processes: SIGKILL while enriching, then a new worker."""
     sink = SinkServer()
     sink.start()
-    creds = {**system_creds, "mode": "webhook"}
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], api_base_url=fake_pk.base_url,
-                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n\n[[sinks]]\ntype = "webhook"\n'
-                             f'url = "{sink.url}"\n')
-    dep = Deployment(cfg, redis_server.url)
-    await dep.migrate()
-    async with AsyncTestClient(app=dep.app()) as client:
-        content = body("UPDATE_SYSTEM", creds["signing_token"], creds["system_id"], None, {"name": "Renamed"})
-        assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
-    command = [sys.executable, "-m", "pkrelay", "worker", "--config", str(cfg)]
+    dep, cfg = await _split(tmp_path, redis_server, fake_pk, system_creds, sink)
     redis = queue.connect(redis_server.url)
 
     async def delivered() -> list[Received]:
@@ -83,14 +95,14 @@ async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_m
         return [k for k in await redis.keys("arq:in-progress:*") if not k.startswith(b"arq:in-progress:cron:")]
 
     fake_pk.delay = 60  # the first worker hangs in enrichment's API call...
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = _worker(cfg)
     second = None
     try:
         await until(ingesting, 30, "the worker to start the job")
         first.kill()  # ...and dies there
         first.wait()
         fake_pk.delay = 0
-        second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        second = _worker(cfg)
         started = time.monotonic()
         await until(delivered, 150, "the delivery")
         assert time.monotonic() - started < 120
@@ -111,18 +123,8 @@ async def test_a_worker_apart_from_the_receiver_serves_its_own_metrics(
     sink = SinkServer()
     sink.start()
     port = free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**system_creds, "mode": "webhook"}],
-                       api_base_url=fake_pk.base_url,
-                       extra=f'\n[server]\nworker_metrics_port = {port}\n\n[redis]\nurl = "{redis_server.url}"\n'
-                             f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
-    dep = Deployment(cfg, redis_server.url)
-    await dep.migrate()
-    async with AsyncTestClient(app=dep.app()) as client:
-        content = body("UPDATE_SYSTEM", system_creds["signing_token"], system_creds["system_id"], None, {"name": "n"})
-        assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    worker = subprocess.Popen([sys.executable, "-m", "pkrelay", "worker", "--config", str(cfg)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, cfg = await _split(tmp_path, redis_server, fake_pk, system_creds, sink, f"worker_metrics_port = {port}\n")
+    worker = _worker(cfg)
 
     async def delivered() -> bool:
         try:
