@@ -14,12 +14,27 @@ from pkrelay.config import Settings
 from pkrelay.envelope import Event
 
 
+def _utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return value.replace(tzinfo=value.tzinfo or UTC)
+
+
 def row_to_event(row: sa.Row) -> Event:
     return Event(
         id=row.id, type=row.type, source=row.source, system_id=row.system_id, entity_id=row.entity_id,
-        received_at=row.received_at.replace(tzinfo=row.received_at.tzinfo or UTC),
-        data=row.data, entity=row.entity, previous=row.previous,
+        received_at=_utc(row.received_at), data=row.data, entity=row.entity, previous=row.previous,
     )
+
+
+def _matching(system: str | None, event_type: str | None) -> sa.Select:
+    """Events of a system (configured name or UUID) and type, when given."""
+    t = db.events
+    stmt = sa.select(t)
+    if system:
+        stmt = stmt.where(sa.or_(t.c.system == system, t.c.system_id == system))
+    if event_type:
+        stmt = stmt.where(t.c.type == event_type)
+    return stmt
 
 
 async def query(
@@ -28,24 +43,15 @@ async def query(
     system: str | None = None,
     event_type: str | None = None,
     since: datetime | None = None,
-    after_id: str | None = None,
     limit: int = 100,
-    newest_first: bool = True,
 ) -> list[Event]:
-    """Events matching the filters; `system` is a configured name or a system UUID."""
+    """The newest events matching the filters, newest first."""
     t = db.events
-    stmt = sa.select(t)
-    if system:
-        stmt = stmt.where(sa.or_(t.c.system == system, t.c.system_id == system))
-    if event_type:
-        stmt = stmt.where(t.c.type == event_type)
+    stmt = _matching(system, event_type)
     if since:
         stmt = stmt.where(t.c.received_at >= since)
-    if after_id:
-        stmt = stmt.where(t.c.id > after_id)
-    stmt = stmt.order_by(t.c.id.desc() if newest_first else t.c.id.asc()).limit(limit)
     async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
+        rows = (await conn.execute(stmt.order_by(t.c.id.desc()).limit(limit))).all()
     return [row_to_event(r) for r in rows]
 
 
@@ -56,16 +62,12 @@ FOLLOW_OVERLAP = timedelta(seconds=30)
 async def _logged_since(engine: AsyncEngine, since: datetime | None, system: str | None,
                         event_type: str | None) -> list[tuple[Event, datetime]]:
     t = db.events
-    stmt = sa.select(t).where(t.c.logged_at.is_not(None))
+    stmt = _matching(system, event_type).where(t.c.logged_at.is_not(None))
     if since is not None:
         stmt = stmt.where(t.c.logged_at >= since)
-    if system:
-        stmt = stmt.where(sa.or_(t.c.system == system, t.c.system_id == system))
-    if event_type:
-        stmt = stmt.where(t.c.type == event_type)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt.order_by(t.c.logged_at, t.c.id))).all()
-    return [(row_to_event(r), r.logged_at.replace(tzinfo=r.logged_at.tzinfo or UTC)) for r in rows]
+    return [(row_to_event(r), _utc(r.logged_at)) for r in rows]
 
 
 class Follower:
@@ -86,7 +88,7 @@ class Follower:
         async with self.engine.connect() as conn:
             newest = (await conn.execute(sa.select(sa.func.max(db.events.c.logged_at)))).scalar()
         if newest is not None:
-            self.newest = newest.replace(tzinfo=newest.tzinfo or UTC)
+            self.newest = _utc(newest)
             await self.read()
 
     def mark(self, events: list[Event]) -> None:
