@@ -16,7 +16,7 @@ import pytest
 from pkrelay import config, eventlog
 from pkrelay import db as pkdb
 from pkrelay.redis_server import free_port
-from tests.fakepk.api import FakePluralKit
+from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import write_config
 from tests.servers import pkrelay_run, ready
@@ -51,7 +51,7 @@ def running(tmp_path: Path, system_creds: dict[str, str],
 
 
 def test_run_serves_logs_restarts_children_and_stops_cleanly(
-    running: tuple[subprocess.Popen[bytes], int, Path], system_creds: dict[str, str]
+    running: tuple[subprocess.Popen[bytes], int, Path], system_creds: dict[str, str], fake_system: FakeSystem
 ) -> None:
     proc, port, cfg = running
     run = psutil.Process(proc.pid)
@@ -65,6 +65,7 @@ def test_run_serves_logs_restarts_children_and_stops_cleanly(
             assert await dispatcher.register(system_creds["signing_token"], system_creds["system_id"])
             codes = []
             for i in range(5):
+                fake_system.system["name"] = f"n{i}"  # PluralKit's API shows the change too; else polling reports it
                 r = await dispatcher.send(body("UPDATE_SYSTEM", system_creds["signing_token"],
                                                system_creds["system_id"], None, {"name": f"n{i}"}))
                 codes.append(r.status_code)
