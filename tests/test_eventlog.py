@@ -42,7 +42,8 @@ async def test_follow_prints_each_event_once_even_when_logged_out_of_id_order(
     home, other = fake_pk.add_system(), fake_pk.add_system()
     member = fake_pk.add_member(home, "Sam")
     polled = fake_pk.add_member(other, "P0")
-    home_creds = {"name": "home", "system_id": home.uuid, "api_token": home.token, "signing_token": new_token()}
+    home_creds = {"name": "home", "system_id": home.uuid, "api_token": home.token, "mode": "webhook",
+                  "signing_token": new_token()}
     other_creds = {"name": "other", "system_id": other.uuid, "api_token": other.token, "mode": "poll",
                    "signing_token": new_token()}
     cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [home_creds, other_creds],
