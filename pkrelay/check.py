@@ -12,16 +12,14 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from pkrelay import config, db, queue
+from pkrelay.pluralkit.client import PluralKitClient
 from pkrelay.pluralkit.errors import PluralKitError
-from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.redis_server import EmbeddedRedis, running_url
 
 
 async def _check_api(settings: config.Settings, report: Callable[..., None]) -> None:
     """One GET per system, through the same limiter the workers use."""
-    from workers.api import build_client
-
-    marker = settings.data_path / "redis" / "url"
-    url = settings.redis.url or (marker.read_text().strip() if marker.exists() else "")
+    url = settings.redis.url or running_url(settings.data_path) or ""
     redis = queue.connect(url or "redis://127.0.0.1:9/0", timeout=3)
     scratch = None
     try:
@@ -34,7 +32,7 @@ async def _check_api(settings: config.Settings, report: Callable[..., None]) -> 
     try:
         for system in settings.systems:
             token = system.api_token.reveal()
-            client = build_client(settings, redis, token)
+            client = PluralKitClient.from_settings(settings.pluralkit, redis, token)
             try:
                 found = await client.system("@me" if token else system.system_id)
             except PluralKitError as exc:

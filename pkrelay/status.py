@@ -1,7 +1,7 @@
 """What each system is doing: shared by `/api/systems` and `pkrelay check`.
 
-The poller writes its bookkeeping under these Redis keys; the receiver and the CLI
-only read them.
+The poller writes its bookkeeping under its Redis keys (pkrelay.keys); the receiver
+and the CLI only read them.
 """
 
 from __future__ import annotations
@@ -13,24 +13,8 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pkrelay import db
+from pkrelay import db, keys
 from pkrelay.config import Settings
-
-
-def poll_key(system: str, what: str) -> str:
-    return f"pkrelay:poll:{what}:{system}"
-
-
-def calls_key(system: str, minute: int) -> str:
-    return f"pkrelay:poll:calls:{system}:{minute}"
-
-
-async def count_call(redis: Redis, system: str) -> None:
-    key = calls_key(system, int(time.time() // 60))
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, 180)
-        await pipe.execute()
 
 
 async def systems(settings: Settings, engine: AsyncEngine, redis: Redis) -> list[dict[str, Any]]:
@@ -42,9 +26,9 @@ async def systems(settings: Settings, engine: AsyncEngine, redis: Redis) -> list
     minute = int(time.time() // 60) - 1
     out = []
     for system in settings.systems:
-        unregistered = await redis.exists(poll_key(system.name, "unregistered"))
-        last_poll = await redis.get(poll_key(system.name, "last"))
-        calls = int(await redis.get(calls_key(system.name, minute)) or 0)
+        unregistered = await redis.exists(keys.poll(system.name, "unregistered"))
+        last_poll = await redis.get(keys.poll(system.name, "last"))
+        calls = int(await redis.get(keys.poll_calls(system.name, minute)) or 0)
         seen = last.get(system.name)
         out.append({
             "name": system.name,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pkrelay.config import Settings
-from pkrelay.redis_server import EmbeddedRedis, die_with_parent
+from pkrelay.redis_server import EmbeddedRedis, die_with_parent, embedded_dir
 
 log = logging.getLogger("pkrelay.run")
 
@@ -73,10 +73,11 @@ class Supervisor:
         data.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PKRELAY_CONFIG=str(self.config_file.resolve()))
         if not self.settings.redis.url:
-            self.redis = EmbeddedRedis(data / "redis")
+            self.redis = EmbeddedRedis(embedded_dir(data))
             self.redis.start()
             env["PKRELAY_REDIS__URL"] = self.redis.url
-            log.info("embedded Redis-compatible server on %s (append-only file in %s)", self.redis.url, data / "redis")
+            log.info("embedded Redis-compatible server on %s (append-only file in %s)", self.redis.url,
+                     self.redis.directory)
         metrics_dir = data / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir()

@@ -15,7 +15,7 @@ from arq.worker import Worker
 
 from pkrelay import config, db
 from receiver.app import create_app
-from workers.deliver import RetryPolicy
+from workers.deliveries import RetryPolicy
 from workers.poll import poll_tick
 from workers.settings import worker_settings
 
@@ -67,16 +67,21 @@ class Deployment:
         finally:
             await worker.close()
 
-    async def poll(self, now: float | None = None) -> int:
-        """One poll tick, as the worker's cron job runs it; returns the events emitted."""
+    async def job(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run one job function with a worker's start-up context, as arq would."""
         settings = worker_settings(self.live(), self.redis_url)
-        ctx: dict[str, object] = {"redis": await create_pool(settings["redis_settings"])}
+        redis = await create_pool(settings["redis_settings"])
+        ctx: dict[str, Any] = {"redis": redis}
         await settings["on_startup"](ctx)
         try:
-            return await poll_tick(ctx, now)
+            return await function(ctx, *args)
         finally:
             await settings["on_shutdown"](ctx)
-            await ctx["redis"].aclose()  # type: ignore[attr-defined]
+            await redis.aclose()
+
+    async def poll(self, now: float | None = None) -> int:
+        """One poll tick, as the worker's cron job runs it; returns the events emitted."""
+        return int(await self.job(poll_tick, now))
 
     async def logged(self) -> list[sa.Row]:
         engine = db.create_engine(self.live().current.database_url)

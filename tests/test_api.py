@@ -77,7 +77,7 @@ async def test_retention_prunes_only_old_events(
                 entity_id=None, received_at=now - age, data={}, entity=None, previous=None))
             await conn.execute(db.deliveries.insert().values(event_id=ids[label], sink="webhook-x",
                                                              status="delivered", attempts=1))
-    assert await prune_events({"live": dep.live(), "engine": engine}) == 1
+    assert await dep.job(prune_events) == 1
     async with engine.connect() as conn:
         assert [r.id for r in (await conn.execute(db.events.select())).all()] == [ids["recent"]]
         assert [r.event_id for r in (await conn.execute(db.deliveries.select())).all()] == [ids["recent"]]

@@ -24,8 +24,8 @@ from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
-from workers import deliver
-from workers.deliver import RetryPolicy
+from workers import deliveries
+from workers.deliveries import RetryPolicy
 
 FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
 
@@ -152,7 +152,7 @@ async def test_dead_letter_then_replay_with_the_same_id(
     healthy.set()
     engine = db.create_engine(dep.live().current.database_url)
     redis = await create_pool(RedisSettings.from_dsn(dep.redis_url))
-    assert await deliver.replay(engine, redis, dep.live().current.sinks, dead=True) == 1
+    assert await deliveries.replay(engine, redis, dep.live().current.sinks, dead=True) == 1
     await redis.aclose()
     await engine.dispose()
     await dep.work(FAST)
@@ -179,10 +179,10 @@ async def test_replay_by_id_and_since_delivers_again(
         return sorted(r.headers["webhook-id"] for r in sink.received)
 
     assert ids() == [first.id, second.id]
-    assert await deliver.replay(engine, redis, sinks_now, event_ids=[first.id]) == 1
+    assert await deliveries.replay(engine, redis, sinks_now, event_ids=[first.id]) == 1
     await dep.work(FAST)
     assert ids() == [first.id, first.id, second.id]
-    assert await deliver.replay(engine, redis, sinks_now, since=start) == 2
+    assert await deliveries.replay(engine, redis, sinks_now, since=start) == 2
     await dep.work(FAST)
     await redis.aclose()
     await engine.dispose()

@@ -17,7 +17,7 @@ from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment
 from tests.mqtt_broker import Broker
-from workers.deliver import RetryPolicy
+from workers.deliveries import RetryPolicy
 
 
 class Subscriber:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from pkrelay import db, status
+from pkrelay import db, keys
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
@@ -167,7 +167,7 @@ async def test_polling_continues_when_the_polling_worker_is_killed(
 
     try:
         await until(baseline, 60, "the first poll's baseline")
-        holder = await until(lambda: redis.get(status.poll_key("home", "lease")), 30, "a poll in progress")
+        holder = await until(lambda: redis.get(keys.poll("home", "lease")), 30, "a poll in progress")
         pid = int(holder.decode().split(":")[1])
         workers.pop(pid).kill()  # SIGKILL while it holds the lease: nothing released
         member["name"] = "Sal"

@@ -17,8 +17,8 @@ from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
-from workers import deliver, privacy
-from workers.deliver import RetryPolicy
+from workers import deliveries, privacy
+from workers.deliveries import RetryPolicy
 
 MEMBER = {
     "id": "abcde", "uuid": MEMBER_ID, "system": "exmpl", "name": "Alex", "display_name": "Al",
@@ -101,10 +101,10 @@ async def test_a_public_only_sink_receives_the_stripped_envelope_and_a_private_s
                 id="evt_01TEST", type="UPDATE_MEMBER", source="dispatch", system="home",
                 system_id=system_creds["system_id"], entity_id=MEMBER_ID, received_at=datetime.now(UTC),
                 data={"description": "new diary"}, entity=MEMBER, previous=None))
-            await deliver.plan(conn, "evt_01TEST", "UPDATE_MEMBER", "home", dep.live().current.sinks)
+            await deliveries.plan(conn, "evt_01TEST", "UPDATE_MEMBER", "home", dep.live().current.sinks)
         redis = await create_pool(RedisSettings.from_dsn(dep.redis_url))
         async with engine.connect() as conn:
-            assert await deliver.enqueue_pending(redis, conn, ["evt_01TEST"]) == 2
+            assert await deliveries.enqueue_pending(redis, conn, ["evt_01TEST"]) == 2
         await redis.aclose()
         await engine.dispose()
         await dep.work(RetryPolicy(base=0.05, cap=0.1))

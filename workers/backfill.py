@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from redis.asyncio import Redis
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from pkrelay import db
 from pkrelay.config import Settings, SystemConfig
-from workers.api import build_client
-from workers.enrich import apply, resync
+from pkrelay.pluralkit.client import PluralKitClient
+from workers import state
+from workers.enrich import SNAPSHOT, resync
 
-STEPS = 6  # system, settings, fronters, members, groups, switches
+STEPS = 1 + len(SNAPSHOT)  # the system, then each kind
 
 
 async def backfill(settings: Settings, redis: Redis, systems: list[SystemConfig]) -> int:
@@ -23,15 +24,18 @@ async def backfill(settings: Settings, redis: Redis, systems: list[SystemConfig]
         with Progress(*columns) as progress:
             for system in systems:
                 task = progress.add_task(system.name, total=STEPS, step="")
-                client = build_client(settings, redis, system.api_token.reveal())
+                client = PluralKitClient.from_settings(settings.pluralkit, redis, system.api_token.reveal())
+
+                def advance(step: str, task: TaskID = task) -> None:
+                    progress.update(task, advance=1, step=step)
+
                 try:
-                    ref = system.system_id or "@me"
-                    result = await resync(client, ref, lambda step, t=task: progress.update(t, advance=1, step=step))
+                    result = await resync(client, system.system_id or "@me", advance)
                 finally:
                     await client.aclose()
                 system_id = str(result.entity["uuid"])
                 async with engine.begin() as conn:
-                    await apply(conn, system_id, result.writes)
+                    await state.apply(conn, system_id, result.writes)
                 progress.update(task, step=f"{len(result.writes) - 3} entities stored")
                 calls += result.calls
     finally:

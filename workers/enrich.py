@@ -16,37 +16,37 @@ What each type fetches (and why) is the table in README.md. Two rules shape it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from pkrelay.pluralkit import errors
 from pkrelay.pluralkit.client import PluralKitClient
-from workers import state
+from workers import fetch, state
+from workers.state import Clear, Delete, Kind, Put
 
 log = logging.getLogger("pkrelay.enrich")
 FRESH = timedelta(seconds=10)
 
 # The state kind each event type is about, and whether it creates, updates or deletes it.
-KINDS: dict[str, tuple[str, str]] = {
-    "UPDATE_SYSTEM": ("system", "update"),
-    "UPDATE_SETTINGS": ("settings", "update"),
-    "CREATE_MEMBER": ("member", "create"),
-    "UPDATE_MEMBER": ("member", "update"),
-    "DELETE_MEMBER": ("member", "delete"),
-    "CREATE_GROUP": ("group", "create"),
-    "UPDATE_GROUP": ("group", "update"),
-    "DELETE_GROUP": ("group", "delete"),
-    "CREATE_SWITCH": ("switch", "create"),
-    "UPDATE_SWITCH": ("switch", "update"),
-    "DELETE_SWITCH": ("switch", "delete"),
+KINDS: dict[str, tuple[Kind, str]] = {
+    "UPDATE_SYSTEM": (Kind.SYSTEM, "update"),
+    "UPDATE_SETTINGS": (Kind.SETTINGS, "update"),
+    "CREATE_MEMBER": (Kind.MEMBER, "create"),
+    "UPDATE_MEMBER": (Kind.MEMBER, "update"),
+    "DELETE_MEMBER": (Kind.MEMBER, "delete"),
+    "CREATE_GROUP": (Kind.GROUP, "create"),
+    "UPDATE_GROUP": (Kind.GROUP, "update"),
+    "DELETE_GROUP": (Kind.GROUP, "delete"),
+    "CREATE_SWITCH": (Kind.SWITCH, "create"),
+    "UPDATE_SWITCH": (Kind.SWITCH, "update"),
+    "DELETE_SWITCH": (Kind.SWITCH, "delete"),
 }
 # Types whose payload already says everything there is to say: no call.
 AS_SENT = frozenset({"CREATE_MESSAGE", "UPDATE_AUTOPROXY", "UPDATE_SYSTEM_GUILD", "UPDATE_MEMBER_GUILD"})
+# Kinds keyed by the system's own UUID rather than the entity's.
+PER_SYSTEM = frozenset({Kind.SYSTEM, Kind.SETTINGS, Kind.FRONTERS})
 
 
 @dataclass
@@ -66,22 +66,6 @@ def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def builtins(model: Any) -> Any:
-    return msgspec.to_builtins(model)
-
-
-async def _fetch(client: PluralKitClient, kind: str, system_id: str, key: str) -> dict[str, Any]:
-    if kind == "system":
-        return builtins(await client.system(system_id))
-    if kind == "settings":
-        return builtins(await client.settings(system_id))
-    if kind == "member":
-        return builtins(await client.member(key))
-    if kind == "group":
-        return builtins(await client.group(key))
-    return builtins(await client.switch(system_id, key))
-
-
 async def enrich(view: state.View, client: PluralKitClient, event_type: str, system_id: str | None,
                  entity_id: str | None, data: Any) -> Enriched:
     """Read the store and the API; the state writes are returned, applied by the caller
@@ -91,36 +75,38 @@ async def enrich(view: state.View, client: PluralKitClient, event_type: str, sys
     if event_type == "SUCCESSFUL_IMPORT" and system_id:
         return await resync(client, system_id)
     if event_type == "DELETE_ALL_SWITCHES" and system_id:
-        fronters = await view.get("fronters", system_id)
+        fronters = await view.get(Kind.FRONTERS, system_id)
         return Enriched(previous=fronters.data if fronters else None,
-                        writes=[("switch", "*", None, None), ("fronters", system_id, None, None)])
+                        writes=[Clear(Kind.SWITCH), Delete(Kind.FRONTERS, system_id)])
     if event_type not in KINDS or not system_id:
         return Enriched(note="nothing to fetch for this event")
     kind, action = KINDS[event_type]
-    key = system_id if kind in ("system", "settings") else entity_id
+    key = system_id if kind in PER_SYSTEM else entity_id
     if not key:
         return Enriched(note="the event names no entity")
     stored = await view.get(kind, key)
     previous = stored.data if stored else None
     if action == "delete":
-        result = Enriched(previous=previous, writes=[(kind, key, None, None)])
-        current = await view.get("fronters", system_id) if kind == "switch" else None
+        result = Enriched(previous=previous, writes=[Delete(kind, key)])
+        current = await view.get(Kind.FRONTERS, system_id) if kind == Kind.SWITCH else None
         if current is not None and current.data.get("id") == key:  # the front itself changed
             result.calls = 1
             try:
-                fronters = builtins(await client.fronters(system_id))
+                fronters = fetch.as_data(await client.fronters(system_id))
             except errors.Forbidden:
                 fronters = None
-            result.writes.append(("fronters", system_id, fronters, datetime.now(UTC)))
+            result.writes.append(Put(Kind.FRONTERS, system_id, fronters, datetime.now(UTC)) if fronters
+                                 else Delete(Kind.FRONTERS, system_id))
         return result
     patch = data if isinstance(data, dict) else {}
     now = datetime.now(UTC)
     result = Enriched(previous=previous if action == "update" else None)
+    fetched_at: datetime | None
     if stored and stored.fetched_at and now - stored.fetched_at < FRESH:
         base, fetched_at = stored.data, None
     else:
         try:
-            base = await _fetch(client, kind, system_id, key)
+            base = fetch.as_data(await fetch.entity(client, kind, system_id, key))
             fetched_at = now
         except errors.NotFound:
             if action == "update":
@@ -130,14 +116,14 @@ async def enrich(view: state.View, client: PluralKitClient, event_type: str, sys
             return Enriched(previous=previous, note=f"private: {exc}", calls=1)
         result.calls = 1
     entity = merge(base, patch)
-    if kind == "switch":
+    if kind == Kind.SWITCH:
         entity["members"] = await _switch_members(view, base.get("members") or [], patch.get("members"))
     result.entity = entity
-    result.writes.append((kind, key, entity, fetched_at))
-    if kind == "switch":
-        current = await view.get("fronters", system_id)
+    result.writes.append(Put(kind, key, entity, fetched_at))
+    if kind == Kind.SWITCH:
+        current = await view.get(Kind.FRONTERS, system_id)
         if current is None or str(entity.get("timestamp", "")) >= str(current.data.get("timestamp", "")):
-            result.writes.append(("fronters", system_id, entity, fetched_at))
+            result.writes.append(Put(Kind.FRONTERS, system_id, entity, fetched_at))
     return result
 
 
@@ -151,16 +137,12 @@ async def _switch_members(view: state.View, fetched: list[Any], sent: list[Any] 
     if sent is None:
         return fetched
     known = {m["uuid"]: m for m in fetched if isinstance(m, dict) and "uuid" in m}
-    stored = await view.get_many("member", [u for u in sent if isinstance(u, str) and u not in known])
+    stored = await view.get_many(Kind.MEMBER, [u for u in sent if isinstance(u, str) and u not in known])
     return [known.get(u) or stored.get(u) or {"uuid": u} for u in sent if isinstance(u, str)]
 
 
-def full_switch(switch: dict[str, Any], members: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """A switch from /switches (members by short id) in the one shape the store and the
-    envelope use, as /fronters and /switches/{id} give it: full member objects."""
-    by_id = {m["id"]: m for m in members if "id" in m}
-    listed = switch.get("members") or []
-    return {**switch, "members": [m if isinstance(m, dict) else by_id.get(m, {"id": m}) for m in listed]}
+# What a full snapshot reads, in order: members before switches, which name them.
+SNAPSHOT = (Kind.SETTINGS, Kind.FRONTERS, Kind.MEMBER, Kind.GROUP, Kind.SWITCH)
 
 
 async def resync(client: PluralKitClient, system_id: str,
@@ -168,40 +150,24 @@ async def resync(client: PluralKitClient, system_id: str,
     """A full snapshot: after `pk;import` (which sends no dispatch for what it wrote) and
     for `pkrelay backfill`. Lists the system made private are skipped, not fatal."""
     now = datetime.now(UTC)
-    system = builtins(await client.system(system_id))
-    progress("system")
-    result = Enriched(entity=system, calls=1, writes=[("member", "*", None, None), ("group", "*", None, None),
-                                                      ("switch", "*", None, None), ("system", system_id, system, now)])
-    steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-        ("settings", lambda: client.settings(system_id)),
-        ("fronters", lambda: client.fronters(system_id)),
-        ("member", lambda: client.members(system_id)),
-        ("group", lambda: client.groups(system_id, with_members=True)),
-        ("switch", lambda: client.switches(system_id, limit=100)),
-    ]
-    for kind, fetch in steps:
+    system = fetch.as_data(await client.system(system_id))
+    progress(Kind.SYSTEM)
+    result = Enriched(entity=system, calls=1, writes=[Clear(Kind.MEMBER), Clear(Kind.GROUP), Clear(Kind.SWITCH),
+                                                      Put(Kind.SYSTEM, system_id, system, now)])
+    members: list[dict[str, Any]] = []
+    for kind in SNAPSHOT:
         result.calls += 1
         try:
-            value = builtins(await fetch())
+            value = fetch.as_data(await fetch.everything(client, kind, system_id))
         except errors.Forbidden:
             value = None
-        if kind == "switch" and isinstance(value, list):
-            members = [data for k, _, data, _ in result.writes if k == "member" and data]
-            value = [full_switch(item, members) for item in value]
+        if kind == Kind.MEMBER and isinstance(value, list):
+            members = value
+        if kind == Kind.SWITCH and isinstance(value, list):
+            value = [fetch.full_switch(item, members) for item in value]
         if isinstance(value, list):
-            result.writes += [(kind, item.get("uuid") or item["id"], item, now) for item in value]
+            result.writes += [Put(kind, item.get("uuid") or item["id"], item, now) for item in value]
         elif value is not None:
-            result.writes.append((kind, system_id, value, now))
+            result.writes.append(Put(kind, system_id, value, now))
         progress(kind)
     return result
-
-
-async def apply(conn: AsyncConnection, system_id: str, writes: list[state.Write]) -> None:
-    """Write an enrichment's state changes; key "*" with no data clears a whole kind."""
-    for kind, key, data, fetched_at in writes:
-        if key == "*":
-            await state.delete_kind(conn, system_id, kind)
-        elif data is None:
-            await state.delete(conn, kind, key)
-        else:
-            await state.put(conn, kind, key, system_id, data, fetched_at)

@@ -14,7 +14,6 @@ burst costs no waiting beyond the lock.
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import msgspec
@@ -22,23 +21,23 @@ import sqlalchemy as sa
 from arq import Retry
 from redis.exceptions import LockError
 
-from pkrelay import db, queue
+from pkrelay import db, keys, queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import Event, ms_to_datetime
 from pkrelay.pluralkit import errors
-from workers import poll, state
-from workers.api import client_for
+from pkrelay.retry import Backoff, Retryable
+from workers import schedule, state
 from workers.enrich import Enriched, enrich
 from workers.record import record
+from workers.resources import Resources
 
 log = logging.getLogger("pkrelay.worker")
 
-# A fetch that keeps failing (API down) is retried with backoff for about an hour;
-# then the event is logged without `entity` rather than held back any longer.
+# A fetch that keeps failing (API down) is retried with backoff (2 s doubling to 5
+# minutes) for about an hour; then the event is logged without `entity` rather than
+# held back any longer.
 ENRICH_ATTEMPTS = 16
-# A worker killed while holding a system's lock holds it this long at most; well
-# within SPEC's two minutes for redelivery after a crash.
-LOCK_S = 60
+ENRICH_RETRY = Backoff(base=2.0, cap=300.0)
 # Events logged per transaction when a system has a backlog.
 BATCH = 50
 
@@ -57,17 +56,16 @@ def envelope_of(job: queue.QueuedDispatch, enriched: Enriched) -> Event:
     )
 
 
-async def _enrich(ctx: dict[str, Any], view: state.View, job: queue.QueuedDispatch, system: SystemConfig | None,
-                  data: Any) -> Enriched:
+async def _enrich(res: Resources, tries: int, view: state.View, job: queue.QueuedDispatch,
+                  system: SystemConfig | None, data: Any) -> Enriched:
     if system is None:
         return Enriched(note="the system is no longer configured")
     try:
-        return await enrich(view, client_for(ctx, system), job.type, job.system_id, job.entity_id, data)
-    except (errors.TransportError, errors.ServerError, errors.RateLimited, errors.RateLimitWaitExceeded) as exc:
-        tries = ctx.get("job_try", 1)
+        return await enrich(view, res.client(system), job.type, job.system_id, job.entity_id, data)
+    except Retryable as exc:
         if tries >= ENRICH_ATTEMPTS:
             return Enriched(note=f"the API kept failing ({type(exc).__name__}); logged without entity")
-        delay = getattr(exc, "defer_seconds", None) or min(300.0, 2.0 ** tries) * random.uniform(0.5, 1.0)
+        delay = exc.retry_in or ENRICH_RETRY.delay(tries)
         log.warning("enriching %s failed (%s), retrying in %.1f s", job.event_id, type(exc).__name__, delay)
         raise Retry(defer=delay) from None
     except errors.ApiError as exc:
@@ -78,9 +76,11 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
     """Log this event, after every older pending event of its system; True when this
     job's event was logged by this call."""
     job = queue.decode(payload)
-    redis = ctx["redis"]
-    pending, payloads = queue.pending_key(job.system), queue.payloads_key(job.system)
-    lock = redis.lock(f"pkrelay:lock:{job.system}", timeout=LOCK_S, sleep=0.01)
+    res = Resources.of(ctx)
+    tries: int = ctx.get("job_try", 1)
+    redis = res.redis
+    pending, payloads = keys.pending(job.system), keys.payloads(job.system)
+    lock = keys.system_lock(redis, job.system)
     for _ in range(50):
         # An event leaves the pending set only once it is logged: while another worker
         # holds the system's lock, it may well log ours, and then there is nothing to do.
@@ -94,10 +94,10 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
         while True:
             ids = [i.decode() for i in await redis.zrange(pending, 0, BATCH - 1)]
             if not ids or ids[0] > job.event_id:
-                return bool(await _log(ctx, [job]))  # ours is done (or was never pending): make sure
+                return bool(await _log(res, tries, [job]))  # ours is done (or was never pending): make sure
             raws = await redis.hmget(payloads, ids)
             jobs = [payload if i == job.event_id else raw for i, raw in zip(ids, raws, strict=True)]
-            done = await _log(ctx, [queue.decode(raw) for raw in jobs if raw is not None])
+            done = await _log(res, tries, [queue.decode(raw) for raw in jobs if raw is not None])
             await redis.zrem(pending, *ids)
             await redis.hdel(payloads, *ids)
             await lock.reacquire()
@@ -107,20 +107,19 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
         try:
             await lock.release()
         except LockError:
-            log.warning("held the lock of %s longer than %d s", job.system, LOCK_S)
+            log.warning("held the lock of %s longer than %d s", job.system, keys.SYSTEM_LOCK_S)
 
 
-async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str]:
+async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> set[str]:
     """Enrich a run of one system's events in order, then log them, their state changes
     and their planned deliveries in one transaction; returns the ids that were new.
 
     If the API fails part way (the job will retry), the events enriched so far are
     logged and the rest left pending, so nothing is done twice.
     """
-    systems = {s.name: s for s in ctx["live"].current.systems}
     done: list[tuple[Event, queue.QueuedDispatch, Enriched]] = []
     failure: Retry | None = None
-    async with ctx["engine"].connect() as conn:
+    async with res.engine.connect() as conn:
         ids = [j.event_id for j in jobs]
         logged = set((await conn.execute(sa.select(db.events.c.id).where(db.events.c.id.in_(ids)))).scalars())
         view = state.View(conn)
@@ -128,7 +127,7 @@ async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str
             data = msgspec.json.decode(job.data)
             try:
                 enriched = Enriched() if job.event_id in logged else await _enrich(
-                    ctx, view, job, systems.get(job.system), data)
+                    res, tries, view, job, res.settings.system(job.system), data)
             except Retry as exc:
                 failure = exc
                 break
@@ -136,18 +135,18 @@ async def _log(ctx: dict[str, Any], jobs: list[queue.QueuedDispatch]) -> set[str
                 log.info("%s %s: entity null: %s", job.type, job.event_id, enriched.note)
             if job.type in ("UPDATE_MEMBER", "UPDATE_GROUP", "UPDATE_SWITCH") and enriched.previous is None \
                     and job.event_id not in logged:
-                await poll.reconcile_soon(ctx["redis"], job.system)  # an entity we never saw: we missed something
+                await schedule.reconcile_soon(res.redis, job.system)  # an entity we never saw: we missed something
             await view.record(enriched.writes)
             done.append((envelope_of(job, enriched), job, enriched))
     items = [(event, enriched.writes) for event, _, enriched in done]
-    new = await record(ctx, jobs[0].system, items) if items else set()
+    new = await record(res, jobs[0].system, items) if items else set()
     calls = sum(enriched.calls for _, _, enriched in done)
     if calls:
         log.info("%d API calls for %d events", calls, len(done))
     if failure is not None:
         if done:
             system, logged_ids = jobs[0].system, [e.id for e, _, _ in done]
-            await ctx["redis"].zrem(queue.pending_key(system), *logged_ids)
-            await ctx["redis"].hdel(queue.payloads_key(system), *logged_ids)
+            await res.redis.zrem(keys.pending(system), *logged_ids)
+            await res.redis.hdel(keys.payloads(system), *logged_ids)
         raise failure
     return new

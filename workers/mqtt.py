@@ -2,8 +2,8 @@
 
 One connection per sink per worker process, opened on first use. A publish that
 fails drops the connection and raises MqttUnavailable; the delivery job then retries
-with backoff (deliver.RetryPolicy), which is the reconnect backoff too, so nothing is
-lost while the broker is down.
+with backoff (deliveries.RetryPolicy), which is the reconnect backoff too, so nothing
+is lost while the broker is down.
 """
 
 from __future__ import annotations
@@ -12,15 +12,26 @@ import asyncio
 import os
 import socket
 import ssl
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import aiomqtt
 import msgspec
 
 from pkrelay.config import MqttSink
+from pkrelay.envelope import Event
+from pkrelay.pluralkit.errors import PluralKitError
+from workers import privacy, state
+from workers.fetch import as_data
+from workers.sinks import DeliveryFailed, Outgoing
+from workers.state import Kind
+
+if TYPE_CHECKING:
+    from workers.resources import Resources
 
 TIMEOUT = 10.0
+FRONT_TYPES = frozenset({"CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DELETE_ALL_SWITCHES"})
 
 
 class MqttUnavailable(Exception):
@@ -93,10 +104,12 @@ class MqttConnection:
     async def publish_front(self, short_id: str, fronters: list[dict[str, Any]]) -> None:
         prefix = f"{self.sink.topic_prefix}/{short_id}"
         if self.sink.homeassistant_discovery and short_id not in self._announced:
+            # Marked first: deliveries run concurrently and each would announce. A failed
+            # publish drops the connection, and the next one starts with nothing announced.
+            self._announced.add(short_id)
             config = discovery_config(self.sink.topic_prefix, short_id)
             await self._publish(f"homeassistant/sensor/pkrelay_{short_id}/front/config",
                                 msgspec.json.encode(config), retain=True)
-            self._announced.add(short_id)
         first = fronters[0] if fronters else {}
         await self._publish(f"{prefix}/fronters", msgspec.json.encode(fronters), retain=True)
         await self._publish(f"{prefix}/front/attributes", msgspec.json.encode(front_attributes(fronters)),
@@ -111,3 +124,45 @@ class MqttConnection:
                 await client.__aexit__(None, None, None)
             except aiomqtt.MqttError:
                 pass
+
+
+class MqttSender:
+    """The event on its topic; after a switch, the retained front state too."""
+
+    def __init__(self, sink: MqttSink, resources: Resources) -> None:
+        self.sink = sink
+        self.resources = resources
+
+    async def send(self, outgoing: Outgoing) -> None:
+        try:
+            await self._send(outgoing.event, outgoing.body, outgoing.system)
+        except (MqttUnavailable, PluralKitError) as exc:
+            raise DeliveryFailed(str(exc)) from None
+
+    async def _send(self, event: Event, body: bytes, system_name: str) -> None:
+        if not event.system_id:
+            raise MqttUnavailable("the event names no system, so it has no topic")
+        engine = self.resources.engine
+        async with engine.connect() as conn:
+            system = await state.get(conn, Kind.SYSTEM, event.system_id)
+            fronters = await state.get(conn, Kind.FRONTERS, event.system_id) if event.type in FRONT_TYPES else None
+        if system is None:
+            system = await self._fetch_system(system_name, event.system_id)
+        connection = self.resources.mqtt(self.sink)
+        short_id = str(system.data["id"])
+        await connection.publish_event(short_id, event.type, body)
+        if event.type in FRONT_TYPES:
+            current = fronters.data if fronters else {"members": []}
+            if self.sink.public_only:
+                current = privacy.public_switch(current, system.data) or {"members": []}
+            await connection.publish_front(short_id, [m for m in current.get("members", []) if isinstance(m, dict)])
+
+    async def _fetch_system(self, name: str, system_id: str) -> state.Stored:
+        """The topic needs the short id: one call, then stored."""
+        configured = self.resources.settings.system(name)
+        if configured is None:
+            raise MqttUnavailable(f"system {name} is no longer configured")
+        fetched = as_data(await self.resources.client(configured).system(system_id))
+        async with self.resources.engine.begin() as conn:
+            await state.apply(conn, system_id, [state.Put(Kind.SYSTEM, system_id, fetched, datetime.now(UTC))])
+        return state.Stored(fetched, None)

@@ -9,16 +9,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from pkrelay import db
+from workers.resources import Resources
 
 log = logging.getLogger("pkrelay.retention")
 
 
 async def prune_events(ctx: dict[str, Any]) -> int:
     """Delete events older than the retention, with their deliveries; returns how many."""
-    days = ctx["live"].current.database.retention_days
+    res = Resources.of(ctx)
+    days = res.settings.database.retention_days
     cutoff = datetime.now(UTC) - timedelta(days=days)
     old = sa.select(db.events.c.id).where(db.events.c.received_at < cutoff).scalar_subquery()
-    async with ctx["engine"].begin() as conn:
+    async with res.engine.begin() as conn:
         # Children first: SQLite does not enforce ON DELETE CASCADE unless asked per connection.
         await conn.execute(db.delivery_attempts.delete().where(db.delivery_attempts.c.event_id.in_(old)))
         await conn.execute(db.deliveries.delete().where(db.deliveries.c.event_id.in_(old)))

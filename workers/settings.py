@@ -11,10 +11,11 @@ from arq.connections import RedisSettings
 
 from pkrelay import db, logs
 from pkrelay.config import LiveSettings, Settings
-from workers.api import close_clients
-from workers.deliver import RetryPolicy, deliver
+from workers.deliver import deliver
+from workers.deliveries import RetryPolicy
 from workers.ingest import ingest_dispatch
 from workers.poll import poll_tick
+from workers.resources import CTX_KEY, Resources
 from workers.retention import prune_events
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
@@ -29,23 +30,14 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
         logs.setup(fresh.secrets(), "worker")
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["live"] = live
-        ctx["engine"] = db.create_engine(live.current.database_url)
-        ctx["http"] = httpx.AsyncClient(follow_redirects=False)
-        # arq hands each job a shallow copy of this dict: what jobs share across runs
-        # (API clients, MQTT connections) must be a container created here.
-        ctx["clients"] = {}
-        ctx["mqtt"] = {}
-        ctx["retry_policy"] = retry_policy or RetryPolicy()
-        ctx["watcher"] = asyncio.create_task(live.watch(config_changed))
+        ctx[CTX_KEY] = Resources(
+            live=live, engine=db.create_engine(live.current.database_url), redis=ctx["redis"],
+            http=httpx.AsyncClient(follow_redirects=False), retry_policy=retry_policy or RetryPolicy(),
+            watcher=asyncio.create_task(live.watch(config_changed)),
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        ctx["watcher"].cancel()
-        await close_clients(ctx)
-        for connection in ctx["mqtt"].values():
-            await connection.close()
-        await ctx["http"].aclose()
-        await ctx["engine"].dispose()
+        await Resources.of(ctx).aclose()
 
     return {
         # Every start counts toward max_tries (waiting for a system's older event too),

@@ -1,9 +1,14 @@
-"""The state store: the last known version of each entity of each system."""
+"""The state store: the last known version of each entity of each system.
+
+Everything that changes it says what it does with a `Write`: put an entity, delete
+one, or clear a kind (an import or a delete-all replaces what was there).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,52 +20,95 @@ from pkrelay import db
 t = db.state
 
 
+class Kind(StrEnum):
+    """What a row holds. System, settings and fronters are keyed by the system's
+    UUID; members, groups and switches by their own UUID."""
+
+    SYSTEM = "system"
+    SETTINGS = "settings"
+    FRONTERS = "fronters"
+    MEMBER = "member"
+    GROUP = "group"
+    SWITCH = "switch"
+
+
+@dataclass(frozen=True)
+class Put:
+    """Insert or replace; `fetched_at` None keeps the time the API last confirmed it."""
+
+    kind: Kind
+    key: str
+    data: dict[str, Any]
+    fetched_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: Kind
+    key: str
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Every entity of this kind of the system."""
+
+    kind: Kind
+
+
+Write = Put | Delete | Clear
+
+
 @dataclass
 class Stored:
     data: dict[str, Any]
     fetched_at: datetime | None
 
 
-async def get(conn: AsyncConnection, kind: str, key: str) -> Stored | None:
+async def get(conn: AsyncConnection, kind: Kind, key: str) -> Stored | None:
     row = (await conn.execute(sa.select(t.c.data, t.c.fetched_at).where(t.c.kind == kind, t.c.key == key))).first()
-    if row is None:
-        return None
-    fetched = row.fetched_at.replace(tzinfo=UTC) if row.fetched_at and row.fetched_at.tzinfo is None else row.fetched_at
-    return Stored(row.data, fetched)
+    return None if row is None else Stored(row.data, row.fetched_at)
 
 
-async def get_many(conn: AsyncConnection, kind: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+async def get_many(conn: AsyncConnection, kind: Kind, keys: list[str]) -> dict[str, dict[str, Any]]:
     rows = (await conn.execute(sa.select(t.c.key, t.c.data).where(t.c.kind == kind, t.c.key.in_(keys)))).all()
     return {r.key: r.data for r in rows}
 
 
-async def put(conn: AsyncConnection, kind: str, key: str, system_id: str, data: dict[str, Any],
-              fetched_at: datetime | None) -> None:
-    """Insert or replace; `fetched_at` None keeps the time the API last confirmed it."""
-    now = datetime.now(UTC)
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    stmt = dialect.insert(t).values(kind=kind, key=key, system_id=system_id, data=data, fetched_at=fetched_at,
-                                    updated_at=now)
-    update: dict[str, Any] = {"data": stmt.excluded.data, "updated_at": now, "system_id": system_id}
-    if fetched_at is not None:
-        update["fetched_at"] = fetched_at
-    await conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.kind, t.c.key], set_=update))
-
-
-async def delete(conn: AsyncConnection, kind: str, key: str) -> None:
-    await conn.execute(t.delete().where(t.c.kind == kind, t.c.key == key))
-
-
-async def delete_kind(conn: AsyncConnection, system_id: str, kind: str) -> None:
-    await conn.execute(t.delete().where(t.c.system_id == system_id, t.c.kind == kind))
-
-
-async def all_of(conn: AsyncConnection, system_id: str, kind: str) -> dict[str, dict[str, Any]]:
+async def all_of(conn: AsyncConnection, system_id: str, kind: Kind) -> dict[str, dict[str, Any]]:
     rows = (await conn.execute(sa.select(t.c.key, t.c.data).where(t.c.system_id == system_id, t.c.kind == kind))).all()
     return {r.key: r.data for r in rows}
 
 
-Write = tuple[str, str, dict[str, Any] | None, datetime | None]  # kind, key ("*": all), data (None: delete)
+async def snapshot(conn: AsyncConnection, system_id: str) -> dict[Kind, dict[str, dict[str, Any]]]:
+    """Everything stored of one system, by kind and key, in one read."""
+    rows = (await conn.execute(sa.select(t.c.kind, t.c.key, t.c.data).where(t.c.system_id == system_id))).all()
+    out: dict[Kind, dict[str, dict[str, Any]]] = {kind: {} for kind in Kind}
+    for row in rows:
+        out[Kind(row.kind)][row.key] = row.data
+    return out
+
+
+async def _put(conn: AsyncConnection, write: Put, system_id: str) -> None:
+    now = datetime.now(UTC)
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    stmt = dialect.insert(t).values(kind=write.kind, key=write.key, system_id=system_id, data=write.data,
+                                    fetched_at=write.fetched_at, updated_at=now)
+    update: dict[str, Any] = {"data": stmt.excluded.data, "updated_at": now, "system_id": system_id}
+    if write.fetched_at is not None:
+        update["fetched_at"] = write.fetched_at
+    await conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.kind, t.c.key], set_=update))
+
+
+async def apply(conn: AsyncConnection, system_id: str, writes: list[Write]) -> None:
+    """Carry out writes of one system, in order, inside the caller's transaction."""
+    for write in writes:
+        match write:
+            case Put():
+                await _put(conn, write, system_id)
+            case Delete(kind, key):
+                await conn.execute(t.delete().where(t.c.kind == kind, t.c.key == key))
+            case Clear(kind):
+                await conn.execute(t.delete().where(t.c.system_id == system_id, t.c.kind == kind))
 
 
 class View:
@@ -72,15 +120,15 @@ class View:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
-        self._overlay: dict[tuple[str, str], Stored | None] = {}
-        self._cleared: set[str] = set()
+        self._overlay: dict[tuple[Kind, str], Stored | None] = {}
+        self._cleared: set[Kind] = set()
 
-    async def get(self, kind: str, key: str) -> Stored | None:
+    async def get(self, kind: Kind, key: str) -> Stored | None:
         if (kind, key) in self._overlay:
             return self._overlay[(kind, key)]
         return None if kind in self._cleared else await get(self.conn, kind, key)
 
-    async def get_many(self, kind: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+    async def get_many(self, kind: Kind, keys: list[str]) -> dict[str, dict[str, Any]]:
         found = {} if kind in self._cleared else await get_many(self.conn, kind, keys)
         for key in keys:
             if (kind, key) in self._overlay:
@@ -92,12 +140,13 @@ class View:
         return found
 
     async def record(self, writes: list[Write]) -> None:
-        for kind, key, data, fetched_at in writes:
-            if key == "*":
-                self._cleared.add(kind)
-                self._overlay = {k: v for k, v in self._overlay.items() if k[0] != kind}
-            elif data is None:
-                self._overlay[(kind, key)] = None
-            else:
-                before = await self.get(kind, key)
-                self._overlay[(kind, key)] = Stored(data, fetched_at or (before.fetched_at if before else None))
+        for write in writes:
+            match write:
+                case Put(kind, key, data, fetched_at):
+                    before = await self.get(kind, key)
+                    self._overlay[(kind, key)] = Stored(data, fetched_at or (before.fetched_at if before else None))
+                case Delete(kind, key):
+                    self._overlay[(kind, key)] = None
+                case Clear(kind):
+                    self._cleared.add(kind)
+                    self._overlay = {k: v for k, v in self._overlay.items() if k[0] != kind}

@@ -9,6 +9,9 @@ import time
 
 import httpx
 
+from pkrelay.config import WebhookSink
+from workers.sinks import DeliveryFailed, Outgoing
+
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
@@ -28,7 +31,19 @@ def headers(secret: str, msg_id: str, body: bytes, now: int | None = None) -> di
     return out
 
 
-async def post(client: httpx.AsyncClient, url: str, secret: str, msg_id: str, body: bytes) -> int:
-    """POST once; the status code, or httpx.HTTPError for a transport failure."""
-    response = await client.post(url, content=body, headers=headers(secret, msg_id, body), timeout=TIMEOUT)
-    return response.status_code
+class WebhookSender:
+    def __init__(self, sink: WebhookSink, http: httpx.AsyncClient) -> None:
+        self.sink = sink
+        self.http = http
+
+    async def send(self, outgoing: Outgoing) -> int:
+        """POST once; any 2xx is success."""
+        body = outgoing.body
+        try:
+            response = await self.http.post(self.sink.url, content=body, timeout=TIMEOUT,
+                                            headers=headers(self.sink.secret.reveal(), outgoing.event.id, body))
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        if not 200 <= response.status_code < 300:
+            raise DeliveryFailed(f"HTTP {response.status_code}", response.status_code)
+        return response.status_code

@@ -1,17 +1,17 @@
 """The PluralKit API v2 client: rate-aware, typed at the boundary, honest about failure.
 
-Layers, outermost first: the typed methods (one per endpoint, answers decoded once
-into pkrelay.pluralkit.models), `_request` (limiter, retries, error mapping), and the
-httpx transport, which tests replace with a real fake server rather than a mock.
+Layers, outermost first: the typed methods (one per endpoint pkrelay reads, answers
+decoded once into pkrelay.pluralkit.models), `_get` (limiter, retries, error
+mapping), and the httpx transport, which tests replace with a real fake server
+rather than a mock. pkrelay only reads, so only the GET budget is spent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 # httpx imports anyio's event-loop backend on its first request (about 60 ms), which
 # would make the first request after a limiter slot arrive late and crowd the next one.
@@ -22,10 +22,16 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
 from pkrelay.pluralkit import errors, models
-from pkrelay.pluralkit.ratelimit import Limiter, Rates, token_key
+from pkrelay.pluralkit.ratelimit import Limiter, token_key
+from pkrelay.retry import Backoff
+
+if TYPE_CHECKING:
+    from pkrelay.config import PluralKitConfig
 
 log = logging.getLogger("pkrelay.api")
 T = TypeVar("T")
+
+RETRY = Backoff(base=0.25, cap=5.0)
 
 API_REQUESTS = Counter("pkrelay_api_requests_total", "PluralKit API requests by scope and status",
                        ["scope", "status"])
@@ -53,7 +59,7 @@ class PluralKitClient:
         user_agent: str,
         redis: Redis,
         token: str = "",
-        rates: Rates | None = None,
+        rate: float = 10,
         max_wait: float = 10.0,
         timeout: float = 10.0,
         retries: int = 3,
@@ -64,58 +70,57 @@ class PluralKitClient:
         headers = {"User-Agent": user_agent}
         if token:
             headers["Authorization"] = token  # raw, no "Bearer"
-        self.authenticated = bool(token)
-        self.limiter = Limiter(redis, rates or Rates(), token_key(token))
+        self.limiter = Limiter(redis, rate, token_key(token))
         self.max_wait = max_wait
         self.retries = retries
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
                                       transport=transport, follow_redirects=False)
 
+    @classmethod
+    def from_settings(cls, pk: PluralKitConfig, redis: Redis, token: str,
+                      transport: httpx.AsyncBaseTransport | None = None) -> PluralKitClient:
+        """The client every part of pkrelay uses: the configured API, agent and rate."""
+        return cls(base_url=pk.api_base_url, user_agent=pk.user_agent, redis=redis, token=token, rate=pk.get_rate,
+                   transport=transport)
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _request(self, method: str, path: str, *, scope: str, params: dict[str, Any] | None = None,
-                       body: Any = None) -> httpx.Response:
-        """One call with the shared limiter; GETs are retried on 5xx, timeouts and
-        connection errors, any call after a 429 (the server did not act on it)."""
+    async def _request(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        """One GET through the shared limiter, retried on 5xx, timeouts and connection
+        errors, and after a 429 (the server did not act on it)."""
+        scope = self.limiter.scope
         attempt = 0
         started = time.monotonic()
         while True:
-            waited = await self.limiter.acquire(scope, self.max_wait - (time.monotonic() - started))
+            waited = await self.limiter.acquire(self.max_wait - (time.monotonic() - started))
             RATE_LIMIT_WAIT.labels(scope).observe(waited)
-            content = msgspec.json.encode(body) if body is not None else None
             try:
-                response = await self.http.request(method, path, params=params, content=content,
-                                                   headers={"Content-Type": "application/json"} if content else None)
+                response = await self.http.get(path, params=params)
             except httpx.TransportError as exc:
                 API_REQUESTS.labels(scope, "error").inc()
-                if method != "GET" or attempt >= self.retries:
-                    raise errors.TransportError(f"{method} {path}: {type(exc).__name__}") from None
+                if attempt >= self.retries:
+                    raise errors.TransportError(f"GET {path}: {type(exc).__name__}") from None
                 attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(RETRY.delay(attempt))
                 continue
             API_REQUESTS.labels(scope, str(response.status_code)).inc()
-            await self._observe_headers(scope, response)
+            await self._observe_headers(response)
             if response.status_code == 429:
                 RATE_LIMITED.labels(scope).inc()
-                retry_after = self._error(method, path, response)
-                assert isinstance(retry_after, errors.RateLimited)
                 # A refused request still spends budget: wait retry_after plus one interval.
-                await self.limiter.pause(scope, retry_after.retry_after + 1 / self.limiter.rate(scope))
+                retry_after = (self._error_body(response).retry_after or 0) / 1000
+                await self.limiter.pause(retry_after + 1 / self.limiter.rate)
                 continue
-            if response.status_code >= 500 and method == "GET" and attempt < self.retries:
+            if response.status_code >= 500 and attempt < self.retries:
                 attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(RETRY.delay(attempt))
                 continue
             if response.status_code >= 400:
-                raise self._error(method, path, response)
+                raise self._error(path, response)
             return response
 
-    @staticmethod
-    def _backoff(attempt: int) -> float:
-        return min(5.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-    async def _observe_headers(self, scope: str, response: httpx.Response) -> None:
+    async def _observe_headers(self, response: httpx.Response) -> None:
         """Slow down before the server says no: no budget left means wait for Reset."""
         remaining, reset = response.headers.get("X-RateLimit-Remaining"), response.headers.get("X-RateLimit-Reset")
         if remaining is None or reset is None:
@@ -127,30 +132,29 @@ class PluralKitClient:
         except ValueError:
             return
         if wait > 0:
-            await self.limiter.pause(scope, min(wait, 5.0))
+            await self.limiter.pause(min(wait, 5.0))
 
     @staticmethod
-    def _error(method: str, path: str, response: httpx.Response) -> errors.ApiError:
+    def _error_body(response: httpx.Response) -> models.ErrorBody:
         try:
-            body = _error_body.decode(response.content)
+            return _error_body.decode(response.content)
         except msgspec.DecodeError:
-            body = models.ErrorBody(message=response.reason_phrase or "")
-        where = f"{method} {path}"
+            return models.ErrorBody(message=response.reason_phrase or "")
+
+    @classmethod
+    def _error(cls, path: str, response: httpx.Response) -> errors.ApiError:
+        body = cls._error_body(response)
+        where = f"GET {path}"
         status = response.status_code
         if status == 400:
             return errors.BadRequest(status, body.code, body.message, where, body.errors)
-        if status == 429:
-            return errors.RateLimited(status, body.code, body.message, where, (body.retry_after or 0) / 1000,
-                                      body.scope or "")
         if status >= 500:
             return errors.ServerError(status, body.code, body.message, where)
         return _ERRORS.get(status, errors.ApiError)(status, body.code, body.message, where)
 
-    async def _get(self, path: str, model: type[T], *, scope: str = "get", params: dict[str, Any] | None = None) -> T:
-        response = await self._request("GET", path, scope=scope, params=params)
+    async def _get(self, path: str, model: type[T], params: dict[str, Any] | None = None) -> T:
+        response = await self._request(path, params)
         return msgspec.json.decode(response.content, type=model)
-
-    # Reads ----------------------------------------------------------------------
 
     async def system(self, ref: str = "@me") -> models.System:
         return await self._get(f"/systems/{ref}", models.System)
@@ -163,11 +167,11 @@ class PluralKitClient:
 
     async def groups(self, ref: str = "@me", *, with_members: bool = False) -> list[models.Group]:
         params = {"with_members": "true"} if with_members else None
-        return await self._get(f"/systems/{ref}/groups", list[models.Group], params=params)
+        return await self._get(f"/systems/{ref}/groups", list[models.Group], params)
 
     async def fronters(self, ref: str = "@me") -> models.Fronters | None:
         """The current switch with full members; None if the system never switched (204)."""
-        response = await self._request("GET", f"/systems/{ref}/fronters", scope="get")
+        response = await self._request(f"/systems/{ref}/fronters")
         if response.status_code == 204 or not response.content:
             return None
         return msgspec.json.decode(response.content, type=models.Fronters)
@@ -176,7 +180,7 @@ class PluralKitClient:
         params: dict[str, Any] = {"limit": limit}
         if before:
             params["before"] = before
-        return await self._get(f"/systems/{ref}/switches", list[models.Switch], params=params)
+        return await self._get(f"/systems/{ref}/switches", list[models.Switch], params)
 
     async def switch(self, ref: str, switch_id: str) -> models.Fronters:
         """One switch with full member objects."""
@@ -185,58 +189,5 @@ class PluralKitClient:
     async def member(self, ref: str) -> models.Member:
         return await self._get(f"/members/{ref}", models.Member)
 
-    async def member_groups(self, ref: str) -> list[models.Group]:
-        return await self._get(f"/members/{ref}/groups", list[models.Group])
-
     async def group(self, ref: str) -> models.Group:
         return await self._get(f"/groups/{ref}", models.Group)
-
-    async def group_members(self, ref: str) -> list[models.Member]:
-        return await self._get(f"/groups/{ref}/members", list[models.Member])
-
-    async def system_guild(self, guild_id: str) -> models.SystemGuildSettings:
-        return await self._get(f"/systems/@me/guilds/{guild_id}", models.SystemGuildSettings)
-
-    async def member_guild(self, ref: str, guild_id: str) -> models.MemberGuildSettings:
-        return await self._get(f"/members/{ref}/guilds/{guild_id}", models.MemberGuildSettings)
-
-    async def autoproxy(self, guild_id: str) -> models.AutoproxySettings:
-        return await self._get("/systems/@me/autoproxy", models.AutoproxySettings, params={"guild_id": guild_id})
-
-    async def message(self, message_id: str) -> models.Message:
-        # Documented with its own scope, counted as generic_get by current servers:
-        # it spends the get budget so we never exceed what the server counts.
-        return await self._get(f"/messages/{message_id}", models.Message)
-
-    # Writes (never retried blindly) ---------------------------------------------
-
-    async def _write(self, method: str, path: str, model: type[T] | None, body: Any = None) -> T | None:
-        response = await self._request(method, path, scope="update", body=body)
-        if model is None or response.status_code == 204:
-            return None
-        return msgspec.json.decode(response.content, type=model)
-
-    async def patch_system(self, changes: dict[str, Any], ref: str = "@me") -> models.System | None:
-        return await self._write("PATCH", f"/systems/{ref}", models.System, changes)
-
-    async def patch_member(self, ref: str, changes: dict[str, Any]) -> models.Member | None:
-        return await self._write("PATCH", f"/members/{ref}", models.Member, changes)
-
-    async def patch_group(self, ref: str, changes: dict[str, Any]) -> models.Group | None:
-        return await self._write("PATCH", f"/groups/{ref}", models.Group, changes)
-
-    async def create_member(self, member: dict[str, Any]) -> models.Member | None:
-        return await self._write("POST", "/members", models.Member, member)
-
-    async def create_switch(self, members: list[str], timestamp: str | None = None,
-                            ref: str = "@me") -> models.Fronters | None:
-        body: dict[str, Any] = {"members": members}
-        if timestamp:
-            body["timestamp"] = timestamp
-        return await self._write("POST", f"/systems/{ref}/switches", models.Fronters, body)
-
-    async def delete_member(self, ref: str) -> None:
-        await self._write("DELETE", f"/members/{ref}", None)
-
-    async def delete_switch(self, switch_id: str, ref: str = "@me") -> None:
-        await self._write("DELETE", f"/systems/{ref}/switches/{switch_id}", None)

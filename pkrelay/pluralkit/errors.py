@@ -6,21 +6,23 @@ error code and message, and the path, never from request headers.
 
 from __future__ import annotations
 
+from pkrelay.retry import Retryable
+
 
 class PluralKitError(Exception):
     """Base of everything the client raises."""
 
 
-class TransportError(PluralKitError):
+class TransportError(PluralKitError, Retryable):
     """No answer: timeout, refused connection, broken stream."""
 
 
-class RateLimitWaitExceeded(PluralKitError):
+class RateLimitWaitExceeded(PluralKitError, Retryable):
     """The limiter would make the caller wait longer than its bound; retry the job later."""
 
-    def __init__(self, defer_seconds: float) -> None:
-        super().__init__(f"the rate limit needs a wait of {defer_seconds:.1f} s")
-        self.defer_seconds = defer_seconds
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"the rate limit needs a wait of {wait:.1f} s")
+        self.retry_in = wait
 
 
 class ApiError(PluralKitError):
@@ -54,14 +56,5 @@ class NotFound(ApiError):
     """404, codes 2xxxx: no such entity (or gone since)."""
 
 
-class RateLimited(ApiError):
-    """429; `retry_after` in seconds."""
-
-    def __init__(self, status: int, code: int, message: str, path: str, retry_after: float, scope: str) -> None:
-        super().__init__(status, code, message, path)
-        self.retry_after = retry_after
-        self.scope = scope
-
-
-class ServerError(ApiError):
+class ServerError(ApiError, Retryable):
     """5xx."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from pkrelay import keys
 from pkrelay.pluralkit.errors import RateLimitWaitExceeded
 
 WINDOW_MS = 1050  # one second plus the jitter margin
@@ -52,35 +52,24 @@ def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anon"
 
 
-@dataclass(frozen=True)
-class Rates:
-    get: float = 10
-    update: float = 3
-    message: float = 10
-
-
 class Limiter:
-    def __init__(self, redis: Redis, rates: Rates, key: str) -> None:
+    """One token's budget in one scope (pkrelay only reads: PluralKit's GET scope)."""
+
+    def __init__(self, redis: Redis, rate: float, token_hash: str, scope: str = "get") -> None:
         self.redis = redis
-        self.rates = rates
-        self.key = key
+        self.rate = float(rate)
+        self.scope = scope
+        self._keys = list(keys.rate_limit(scope, token_hash))
         self._acquire = redis.register_script(_ACQUIRE)
 
-    def _keys(self, scope: str) -> list[str]:
-        base = f"pkrelay:rl:{scope}:{self.key}"
-        return [base, base + ":pause"]
-
-    def rate(self, scope: str) -> float:
-        return float(getattr(self.rates, scope))
-
-    async def acquire(self, scope: str, max_wait: float) -> float:
+    async def acquire(self, max_wait: float) -> float:
         """Wait for a slot; returns the seconds waited. Raises RateLimitWaitExceeded when
         the wait would pass `max_wait`, so an arq job is deferred instead of blocking."""
-        limit = max(1, int(self.rate(scope)))
+        limit = max(1, int(self.rate))
         waited = 0.0
         while True:
             member = f"{time.time_ns()}:{id(self)}:{waited}"
-            wait_ms = int(await self._acquire(keys=self._keys(scope), args=[WINDOW_MS, limit, member]))
+            wait_ms = int(await self._acquire(keys=self._keys, args=[WINDOW_MS, limit, member]))
             if wait_ms == 0:
                 return waited
             if waited + wait_ms / 1000 > max_wait:
@@ -88,10 +77,10 @@ class Limiter:
             await asyncio.sleep(wait_ms / 1000)
             waited += wait_ms / 1000
 
-    async def pause(self, scope: str, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         """Nobody sharing this key asks again for `seconds` (at least one interval)."""
-        ms = max(int(seconds * 1000), int(1000 / self.rate(scope)), 1)
-        pause_key = self._keys(scope)[1]
+        ms = max(int(seconds * 1000), int(1000 / self.rate), 1)
+        pause_key = self._keys[1]
         current = await self.redis.pttl(pause_key)
         if current < ms:
             await self.redis.set(pause_key, b"1", px=ms)

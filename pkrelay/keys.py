@@ -1,0 +1,57 @@
+"""pkrelay's Redis key space, in one place (as arq's `constants.py` holds arq's).
+
+Every key starts with `pkrelay:` so a Redis shared with other software stays
+readable; systems are named by their configured name, tokens only by a hash.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+
+PREFIX = "pkrelay"
+
+# A worker killed while holding a system's lock holds it this long at most; well
+# within the two minutes the contract allows for redelivery after a crash.
+SYSTEM_LOCK_S = 60
+
+PollKey = Literal["next", "last", "lease", "unregistered"]
+
+
+def pending(system: str) -> str:
+    """A system's events not yet logged, oldest first (a sorted set of event ids)."""
+    return f"{PREFIX}:pending:{system}"
+
+
+def payloads(system: str) -> str:
+    """The payloads of a system's pending events, so any worker can log them in order."""
+    return f"{PREFIX}:payloads:{system}"
+
+
+def system_lock_name(system: str) -> str:
+    return f"{PREFIX}:lock:{system}"
+
+
+def system_lock(redis: Redis, system: str) -> Lock:
+    """The lock that serialises everything that writes a system's log and state
+    (ingest of its dispatches, the diff of its polls), so `previous` always chains."""
+    return redis.lock(system_lock_name(system), timeout=SYSTEM_LOCK_S, sleep=0.01)
+
+
+def poll(system: str, what: PollKey) -> str:
+    """The poller's bookkeeping of a system: when each check is next due (hash), when
+    it last ran, who polls it now (lease), whether its webhook is registered elsewhere."""
+    return f"{PREFIX}:poll:{what}:{system}"
+
+
+def poll_calls(system: str, minute: int) -> str:
+    """API calls spent polling a system in one minute (UNIX time // 60)."""
+    return f"{PREFIX}:poll:calls:{system}:{minute}"
+
+
+def rate_limit(scope: str, token_hash: str) -> tuple[str, str]:
+    """The limiter's sliding log of one (scope, token) and its pause flag."""
+    base = f"{PREFIX}:rl:{scope}:{token_hash}"
+    return base, base + ":pause"

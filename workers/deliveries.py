@@ -1,0 +1,123 @@
+"""The `deliveries` table: one row per (event, sink), from plan to settlement.
+
+Rows are planned in the transaction that logs the event, so a worker killed between
+logging and enqueuing loses nothing: whatever is still pending is enqueued again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pkrelay import db
+from pkrelay.config import Sink
+from pkrelay.envelope import Event
+from pkrelay.eventlog import row_to_event
+from pkrelay.retry import Backoff
+
+DELIVER_JOB = "deliver"
+
+
+@dataclass(frozen=True)
+class RetryPolicy(Backoff):
+    """Delivery retries: first after 2.5-5 s (well within the contract's 2 minutes),
+    doubling to an hour, for `window` seconds from the first attempt (the contract says
+    at least 24 h); then the delivery is dead-lettered."""
+
+    base: float = 5.0
+    cap: float = 3600.0
+    window: float = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A delivery still to make, with its event."""
+
+    event: Event
+    system: str
+    attempts: int
+    first_attempt_at: datetime | None
+
+
+def job_id(event_id: str, sink: str) -> str:
+    return f"deliver:{event_id}:{sink}"
+
+
+async def plan(conn: AsyncConnection, event_id: str, event_type: str, system: str, sinks: list[Sink]) -> None:
+    """Inside the logging transaction: a pending delivery for every sink that wants the event."""
+    rows = [{"event_id": event_id, "sink": s.key, "status": "pending", "attempts": 0}
+            for s in sinks if s.wants(event_type, system)]
+    if rows:
+        await conn.execute(db.insert_ignoring_duplicates(conn, db.deliveries), rows)
+
+
+async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: list[str]) -> int:
+    """Enqueue a deliver job for every pending delivery of these events."""
+    t = db.deliveries
+    rows = (await conn.execute(
+        sa.select(t.c.event_id, t.c.sink).where(t.c.event_id.in_(event_ids), t.c.status == "pending")
+    )).all()
+    for row in rows:
+        await redis.enqueue_job(DELIVER_JOB, row.event_id, row.sink, _job_id=job_id(row.event_id, row.sink))
+    return len(rows)
+
+
+async def load(engine: AsyncEngine, event_id: str, sink: str) -> Pending | None:
+    """The delivery if it is still pending (a rerun after settling finds nothing)."""
+    e, d = db.events, db.deliveries
+    async with engine.connect() as conn:
+        row = (await conn.execute(
+            sa.select(e, d.c.status.label("delivery_status"), d.c.attempts.label("delivery_attempts"),
+                      d.c.first_attempt_at)
+            .join(d, d.c.event_id == e.c.id).where(e.c.id == event_id, d.c.sink == sink)
+        )).first()
+    if row is None or row.delivery_status != "pending":
+        return None
+    return Pending(row_to_event(row), row.system, row.delivery_attempts, row.first_attempt_at)
+
+
+async def settle(engine: AsyncEngine, event_id: str, sink: str, status: str, error: str | None,
+                 attempt: dict[str, Any] | None = None) -> None:
+    """Record the attempt (if one was made) and the delivery's new state, in one transaction."""
+    now = datetime.now(UTC)
+    d = db.deliveries
+    values: dict[str, Any] = {"status": status, "last_error": error}
+    if status == "delivered":
+        values["delivered_at"] = now
+    async with engine.begin() as conn:
+        if attempt is not None:
+            await conn.execute(db.delivery_attempts.insert().values(event_id=event_id, sink=sink, at=now, **attempt))
+            values |= {"attempts": d.c.attempts + 1, "last_attempt_at": now,
+                       "first_attempt_at": sa.func.coalesce(d.c.first_attempt_at, now)}
+        await conn.execute(d.update().where(d.c.event_id == event_id, d.c.sink == sink).values(**values))
+
+
+async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, event_ids: list[str] | None = None,
+                 since: datetime | None = None, dead: bool = False) -> int:
+    """Deliver stored events again, with their ids; returns how many deliveries were queued.
+
+    Events named or `since` go again to every sink that wants them now; `dead` reopens
+    the dead-lettered deliveries. Either way the retry window starts afresh.
+    """
+    e, d = db.events, db.deliveries
+    reopen = {"status": "pending", "attempts": 0, "first_attempt_at": None, "last_error": None}
+    async with engine.begin() as conn:
+        if dead:
+            ids = list((await conn.execute(sa.select(d.c.event_id).where(d.c.status == "dead").distinct())).scalars())
+            await conn.execute(d.update().where(d.c.status == "dead").values(**reopen))
+        else:
+            query = sa.select(e.c.id, e.c.type, e.c.system)
+            query = query.where(e.c.id.in_(event_ids)) if event_ids else query.where(e.c.received_at >= since)
+            events = (await conn.execute(query)).all()
+            ids = [row.id for row in events]
+            for row in events:
+                wanted = [s.key for s in sinks if s.wants(row.type, row.system)]
+                await conn.execute(d.update().where(d.c.event_id == row.id, d.c.sink.in_(wanted)).values(**reopen))
+                await plan(conn, row.id, row.type, row.system, sinks)
+    async with engine.connect() as conn:
+        return await enqueue_pending(redis, conn, ids)

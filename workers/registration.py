@@ -1,0 +1,45 @@
+"""Is PluralKit still sending a system's webhooks here?
+
+PluralKit never says when an owner clears or replaces the webhook URL; the owner's
+`GET /systems/@me` shows the current `webhook_url`. While it points elsewhere, an
+`auto` system is polled at the poll cadence.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Gauge
+from redis.asyncio import Redis
+
+from pkrelay import keys
+from pkrelay.config import SystemConfig
+from workers.schedule import AUTO_CADENCE
+
+log = logging.getLogger("pkrelay.poll")
+
+WEBHOOK_REGISTERED = Gauge("pkrelay_webhook_registered", "1 while PluralKit's webhook_url points at public_url",
+                           ["system"], multiprocess_mode="mostrecent")
+
+
+async def check(redis: Redis, public_url: str, system: SystemConfig, fetched: dict[str, Any], now: float) -> None:
+    """Compare the fetched system's `webhook_url` with `public_url`; on a change, switch
+    the system's polling cadence from the next tick on."""
+    if not public_url or "webhook_url" not in fetched:
+        return
+    flag = keys.poll(system.name, "unregistered")
+    registered = fetched.get("webhook_url") == public_url
+    WEBHOOK_REGISTERED.labels(system.name).set(int(registered))
+    was_registered = not await redis.exists(flag)
+    if registered == was_registered:
+        return
+    if registered:
+        log.info("system %s: webhooks reach %s again; back to reconciliation", system.name, public_url)
+        await redis.delete(flag)
+        await redis.hset(keys.poll(system.name, "next"), mapping={c: now + s for c, s in AUTO_CADENCE.items()})
+    else:
+        log.warning("system %s: PluralKit no longer sends webhooks to %s; polling at the poll cadence",
+                    system.name, public_url)
+        await redis.set(flag, b"1")
+        await redis.delete(keys.poll(system.name, "next"))

@@ -1,0 +1,68 @@
+"""What every job of one worker process shares, built once at start-up.
+
+arq hands each job a shallow copy of its context dict, so anything jobs share across
+runs (API clients, MQTT connections) has to live in one object made at start-up;
+jobs take it from `ctx` once (`Resources.of(ctx)`) and pass it on typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pkrelay.config import LiveSettings, MqttSink, Settings, SystemConfig
+from pkrelay.pluralkit.client import PluralKitClient
+from pkrelay.pluralkit.ratelimit import token_key
+from workers.deliveries import RetryPolicy
+from workers.mqtt import MqttConnection
+
+CTX_KEY = "resources"
+
+
+@dataclass
+class Resources:
+    live: LiveSettings
+    engine: AsyncEngine
+    redis: ArqRedis
+    http: httpx.AsyncClient
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    watcher: asyncio.Task[None] | None = None
+    _clients: dict[str, PluralKitClient] = field(default_factory=dict)
+    _mqtt: dict[str, MqttConnection] = field(default_factory=dict)
+
+    @staticmethod
+    def of(ctx: dict[str, Any]) -> Resources:
+        resources: Resources = ctx[CTX_KEY]
+        return resources
+
+    @property
+    def settings(self) -> Settings:
+        """The running settings (systems and sinks follow the file)."""
+        return self.live.current
+
+    def client(self, system: SystemConfig) -> PluralKitClient:
+        """The client of this system's API token (or the anonymous one), one per token."""
+        token = system.api_token.reveal()
+        key = token_key(token)
+        if key not in self._clients:
+            self._clients[key] = PluralKitClient.from_settings(self.settings.pluralkit, self.redis, token)
+        return self._clients[key]
+
+    def mqtt(self, sink: MqttSink) -> MqttConnection:
+        """One broker connection per sink per process, opened on first use."""
+        return self._mqtt.setdefault(sink.key, MqttConnection(sink))
+
+    async def aclose(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        for client in self._clients.values():
+            await client.aclose()
+        for connection in self._mqtt.values():
+            await connection.close()
+        await self.http.aclose()
+        await self.engine.dispose()
