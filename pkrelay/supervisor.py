@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pkrelay.config import Settings
+from pkrelay.retry import Backoff
 from pkrelay.redis_server import EmbeddedRedis, die_with_parent, embedded_dir
 
 log = logging.getLogger("pkrelay.run")
+# A child that keeps dying is restarted after 0.5 s, then 1 s, 2 s, ... at most 30 s.
+RESTART = Backoff(base=0.5, cap=30.0, jitter=False)
 
 
 @dataclass
@@ -116,6 +119,6 @@ class Supervisor:
                 if now - child.started_at > 60:
                     child.restarts = 0
                 continue
-            delay = min(30.0, 0.5 * 2**child.restarts)
+            delay = RESTART.delay(child.restarts + 1)
             log.error("%s exited with %s, restarting in %.1f s", child.name, process.returncode, delay)
             child.process, child.restarts, child.next_start = None, child.restarts + 1, now + delay

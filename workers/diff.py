@@ -29,8 +29,15 @@ class Changes:
     quiet: list[Write] = field(default_factory=list)  # first sights: the baseline, no event
 
 
+def _same(old: Any, new: Any) -> bool:
+    """Equal, or both nothing: a key the store never had, null and an empty list are
+    one state (a group stored from GET /groups/{id} has no `members`; the poll's
+    `with_members` list says `[]`)."""
+    return old == new or old in (None, []) and new in (None, [])
+
+
 def changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in new.items() if k not in VOLATILE and old.get(k) != v}
+    return {k: v for k, v in new.items() if k not in VOLATILE and not _same(old.get(k), v)}
 
 
 def _uuids(switch: dict[str, Any]) -> list[Any]:
