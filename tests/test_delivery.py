@@ -162,6 +162,19 @@ async def test_dead_letter_then_replay_with_the_same_id(
     assert len({r.headers["webhook-id"] for r in sink.received}) == 1
 
 
+async def test_an_attempt_that_raises_anything_is_a_recorded_failure_and_ends_dead_lettered(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
+) -> None:
+    """A sink whose attempts fail in a way nobody foresaw (here httpx's InvalidURL, which
+    is no HTTPError) is still retried, recorded and dead-lettered, never stuck pending."""
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink("http://[::1/hook"), fake_pk)
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
+    [delivery] = await _deliveries(dep)
+    assert delivery.status == "dead" and delivery.attempts >= 2
+    assert "InvalidURL" in delivery.last_error
+
+
 async def test_replay_by_id_and_since_delivers_again(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
     fake_pk: FakePluralKit,

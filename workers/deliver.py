@@ -52,6 +52,9 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
         status_code = await sender_for(sink, res).send(Outgoing(event, msgspec.json.encode(envelope), pending.system))
     except DeliveryFailed as exc:
         status_code, error = exc.status, exc.reason
+    except Exception as exc:  # a failure nobody foresaw is still a failure: recorded, retried, dead-lettered
+        log.exception("delivery of %s to %s raised", event_id, sink_key)
+        error = f"{type(exc).__name__}: {exc}"
     attempt = {"status_code": status_code, "error": error, "duration_ms": (time.perf_counter() - started) * 1000}
     now = datetime.now(UTC)
     attempts = pending.attempts + 1
@@ -72,6 +75,6 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
     if outcome != "failed":
         return outcome
     delay = policy.delay(attempts)
-    log.info("delivery of %s to %s failed (%s), attempt %d, retrying in %.1f s",
+    log.warning("delivery of %s to %s failed (%s), attempt %d, retrying in %.1f s",
              event_id, sink_key, error, attempts, delay)
     raise Retry(defer=delay)
