@@ -70,6 +70,23 @@ async def test_a_poll_system_sees_each_change_once(
     assert [m["name"] for m in backdated.entity["members"]] == ["B"]
 
 
+async def test_without_a_system_id_every_check_counts_from_the_first_tick(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    """With only an api_token the system's UUID comes from GET /systems/@me once, not
+    from the 20-s system check, so a member check 10 s in already sees a rename."""
+    a = fake_pk.add_member(fake_system, "A")
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
+    cfg = dep.config_file.read_text().replace(f'system_id = "{fake_system.uuid}"', 'system_id = ""')
+    dep.config_file.write_text(cfg)
+    t0 = time.time()
+    assert await dep.poll(t0) == 0
+    a["name"] = "Alex"
+    assert await dep.poll(t0 + 10) == 1  # the member check is due; the system check is not
+    [renamed] = await dep.logged()
+    assert renamed.type == "UPDATE_MEMBER" and renamed.system_id == fake_system.uuid
+
+
 async def test_auto_mode_recovers_lost_dispatches_and_repeats_none(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
 ) -> None:

@@ -58,7 +58,11 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
         if not due:
             return 0
         client = res.client(system)
-        ref = system.system_id or "@me"
+        try:
+            ref = await res.system_id(system)
+        except errors.PluralKitError as exc:
+            log.warning("poll of %s: cannot tell its system id: %s", system.name, exc)
+            return 0
         fetched: dict[Kind, Any] = {}
         for check in due:
             try:
@@ -79,7 +83,7 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
                 POLL_CALLS.labels(system.name).inc()
                 await schedule.count_call(redis, system.name)
         await redis.set(keys.poll(system.name, "last"), str(now))
-        emitted = await _apply(res, system, fetched)
+        emitted = await _apply(res, system, ref, fetched)
         if Kind.SYSTEM in fetched and system.api_token:
             await registration.check(redis, res.settings.server.public_url, system, fetched[Kind.SYSTEM], now)
         return emitted
@@ -87,7 +91,7 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
         await schedule.release(lease)
 
 
-async def _apply(res: Resources, system: SystemConfig, fetched: dict[Kind, Any]) -> int:
+async def _apply(res: Resources, system: SystemConfig, system_id: str, fetched: dict[Kind, Any]) -> int:
     """Diff against the store under the system's ingest lock, after pending dispatches."""
     lock = keys.system_lock(res.redis, system.name)
     if not await lock.acquire(blocking_timeout=5):
@@ -95,9 +99,6 @@ async def _apply(res: Resources, system: SystemConfig, fetched: dict[Kind, Any])
     try:
         if await res.redis.zcard(keys.pending(system.name)):
             return 0  # dispatches still to log would look like our changes: next time
-        system_id = system.system_id or (fetched.get(Kind.SYSTEM) or {}).get("uuid")
-        if not system_id:
-            return 0
         async with res.engine.connect() as conn:
             stored = await state.snapshot(conn, system_id)
         changes = diff(system_id, stored, fetched, datetime.now(UTC))

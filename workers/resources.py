@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pkrelay.config import LiveSettings, MqttSink, Settings, SystemConfig
 from pkrelay.pluralkit.client import PluralKitClient
+from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.pluralkit.ratelimit import token_key
 from workers.deliveries import RetryPolicy
 from workers.mqtt import MqttConnection
@@ -34,6 +35,7 @@ class Resources:
     watcher: asyncio.Task[None] | None = None
     _clients: dict[str, PluralKitClient] = field(default_factory=dict)
     _mqtt: dict[str, MqttConnection] = field(default_factory=dict)
+    _system_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @staticmethod
     def of(ctx: dict[str, Any]) -> Resources:
@@ -52,6 +54,19 @@ class Resources:
         if key not in self._clients:
             self._clients[key] = PluralKitClient.from_settings(self.settings.pluralkit, self.redis, token)
         return self._clients[key]
+
+    async def system_id(self, system: SystemConfig) -> str:
+        """The system's UUID: configured, or asked of the API once per token
+        (`GET /systems/@me`) when only an api_token is given."""
+        if system.system_id:
+            return system.system_id
+        key = (system.name, token_key(system.api_token.reveal()))
+        if key not in self._system_ids:
+            found = await self.client(system).system("@me")
+            if not isinstance(found.uuid, str):
+                raise PluralKitError(f"GET /systems/@me for {system.name} named no uuid")
+            self._system_ids[key] = found.uuid
+        return self._system_ids[key]
 
     def mqtt(self, sink: MqttSink) -> MqttConnection:
         """One broker connection per sink per process, opened on first use."""
