@@ -17,7 +17,7 @@ PREFIX = "pkrelay"
 # within the two minutes the contract allows for redelivery after a crash.
 SYSTEM_LOCK_S = 60
 
-PollKey = Literal["next", "last", "lease", "unregistered"]
+PollKey = Literal["next", "last", "lease", "unregistered", "token_rejected"]
 
 
 def pending(system: str) -> str:
@@ -42,7 +42,8 @@ def system_lock(redis: Redis, system: str) -> Lock:
 
 def poll(system: str, what: PollKey) -> str:
     """The poller's bookkeeping of a system: when each check is next due (hash), when
-    it last ran, who polls it now (lease), whether its webhook is registered elsewhere."""
+    it last ran, who polls it now (lease), whether its webhook is registered elsewhere,
+    whether PluralKit refuses its api_token."""
     return f"{PREFIX}:poll:{what}:{system}"
 
 

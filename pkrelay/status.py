@@ -38,7 +38,8 @@ async def systems(settings: Settings, engine: AsyncEngine, redis: Redis) -> list
                        "poll cadence" if system.mode == "poll" or unregistered else "reconciliation",
             "webhook": "not registered here" if unregistered else
                        "unknown" if not (settings.server.public_url and system.api_token) else "registered",
-            "api_token": bool(system.api_token),
+            "api_token": "not set" if not system.api_token else
+                         "rejected" if await redis.exists(keys.poll(system.name, "token_rejected")) else "ok",
             "last_dispatch": seen.isoformat() if seen else None,
             "last_poll": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(last_poll))) if last_poll else None,
             "poll_gets_per_second": round(calls / 60, 3),

@@ -217,3 +217,40 @@ async def test_api_systems_shows_mode_polling_and_budget(
     assert home["name"] == "home" and home["mode"] == "poll" and home["polling"] == "poll cadence"
     assert home["last_poll"] is not None and home["last_dispatch"] is None and home["poll_budget"] == 1.0
     assert creds["api_token"] not in answer.text and creds["signing_token"] not in answer.text
+
+
+async def test_a_revoked_api_token_invents_no_events_and_is_reported(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    """PluralKit answers a revoked token as if none was given: the owner's private data
+    vanishes from every answer. That is no change of the system: no events, either way,
+    and the token shows as rejected until it works again."""
+    fake_system.system["pronouns"] = "they/them"
+    fake_system.system["privacy"]["pronoun_privacy"] = "private"
+    alex = fake_pk.add_member(fake_system, "Alex")
+    alex["pronouns"], alex["privacy"]["pronoun_privacy"] = "she/her", "private"
+    fake_pk.add_switch(fake_system, [alex["uuid"]])
+    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
+                                   extra='\n[server]\nadmin_token = "admin-0123456789abcdef"\n')
+    t0 = time.time()
+    assert await dep.poll(t0) == 0  # baseline with the owner's view
+
+    good_token, fake_system.token = fake_system.token, "revoked-" + fake_system.token[8:]
+    for step in range(1, 4):
+        assert await dep.poll(t0 + 20 * step) == 0
+    assert await dep.logged() == []
+    async with AsyncTestClient(app=dep.app()) as client:
+        answer = await client.get("/api/systems", headers={"Authorization": "Bearer admin-0123456789abcdef"})
+        metrics = (await client.get("/metrics")).text
+    [home] = answer.json()
+    assert home["api_token"] == "rejected"
+    assert good_token not in answer.text
+    assert 'pkrelay_api_token_rejected{system="home"} 1.0' in metrics
+
+    fake_system.token = good_token
+    assert await dep.poll(t0 + 80) == 0  # the owner's view is back: nothing changed, nothing to report
+    assert await dep.poll(t0 + 100) == 0
+    assert await dep.logged() == []
+    async with AsyncTestClient(app=dep.app()) as client:
+        answer = await client.get("/api/systems", headers={"Authorization": "Bearer admin-0123456789abcdef"})
+    assert answer.json()[0]["api_token"] == "ok"

@@ -22,7 +22,7 @@ from redis.exceptions import LockError
 from pkrelay import keys
 from pkrelay.config import SystemConfig
 from pkrelay.pluralkit import errors
-from workers import fetch, registration, schedule, state
+from workers import fetch, registration, schedule, state, token
 from workers.diff import diff
 from workers.record import record
 from workers.resources import Resources
@@ -58,12 +58,19 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
         if not due:
             return 0
         client = res.client(system)
+        rejected = bool(system.api_token) and await token.is_rejected(redis, system.name)
         try:
-            ref = await res.system_id(system)
+            ref = "@me" if rejected else await res.system_id(system)
+        except errors.Unauthorized:
+            await token.mark(redis, system.name, True, "401")
+            return 0
         except errors.PluralKitError as exc:
             log.warning("poll of %s: cannot tell its system id: %s", system.name, exc)
             return 0
+        if rejected:
+            due = [Kind.SYSTEM] if Kind.SYSTEM in due else []  # only the token check until it works
         fetched: dict[Kind, Any] = {}
+        unauthorized = False
         for check in due:
             try:
                 await lease.reacquire()  # a fresh lease for each call, however long the last one took
@@ -75,6 +82,9 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
                 fetched[check] = answer if answer is not None or check != Kind.FRONTERS else {"members": []}
             except errors.Forbidden:
                 continue  # private without a token: nothing to see
+            except errors.Unauthorized:
+                unauthorized = True
+                break
             except errors.PluralKitError as exc:
                 log.warning("poll of %s %s failed: %s", system.name, check, exc)
                 continue
@@ -83,6 +93,14 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
                 POLL_CALLS.labels(system.name).inc()
                 await schedule.count_call(redis, system.name)
         await redis.set(keys.poll(system.name, "last"), str(now))
+        if system.api_token and (unauthorized or token.owner_view_lost(fetched)):
+            await token.mark(redis, system.name, True, "401" if unauthorized else "answers show public data only")
+            return 0
+        if rejected:
+            if not fetched:
+                return 0
+            await token.mark(redis, system.name, False)
+            ref = await res.system_id(system)
         emitted = await _apply(res, system, ref, fetched)
         if Kind.SYSTEM in fetched and system.api_token:
             await registration.check(redis, res.settings.server.public_url, system, fetched[Kind.SYSTEM], now)

@@ -116,6 +116,8 @@ class PluralKitClient:
                 attempt += 1
                 await asyncio.sleep(RETRY.delay(attempt))
                 continue
+            if response.status_code == 401:
+                log.warning("PluralKit refused the API token on GET %s (401): it is wrong or was revoked", path)
             if response.status_code >= 400:
                 raise self._error(path, response)
             return response

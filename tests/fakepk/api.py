@@ -7,8 +7,9 @@ each key (the authenticated system, else the client IP) per scope with GCRA (bur
 rate, period 1 s) where a refused request still spends budget and the last request of
 a full burst is refused with retry_after 0, sends X-RateLimit-* with Reset in seconds,
 nulls private fields and answers 403 for private lists to anyone but the owner, and
-204 with no body on /fronters for a system that never switched. Every request lands in
-a journal the tests read.
+204 with no body on /fronters for a system that never switched, and answers a wrong or
+revoked token as if none was given (public data), except `@me`: 401. Every request
+lands in a journal the tests read.
 """
 
 from __future__ import annotations
@@ -197,8 +198,10 @@ class FakePluralKit:
             record(400)
             return 400, None, {}
         parts = [p for p in path.removeprefix("/v2").split("/") if p]
+        # An unknown token is no error by itself: PluralKit answers as to anyone (public
+        # data only); only what needs the owner (`@me`) is refused.
         owner = next((s for s in self.systems.values() if headers.get("authorization") == s.token), None)
-        if headers.get("authorization") and owner is None:
+        if owner is None and parts[:2] == ["systems", "@me"]:
             record(401)
             return 401, {"code": 0, "message": "401: Missing or invalid Authorization header"}, {}
         try:
@@ -296,7 +299,7 @@ class FakePluralKit:
             if rest == ["groups"]:
                 if private("group_list_privacy"):
                     return 403, {"code": 30002, "message": "Unauthorized to view group list"}
-                groups = [copy.deepcopy(g) for g in s.groups.values()]
+                groups = [self._view(g, {}, own) for g in s.groups.values()]
                 if query.get("with_members") != "true":
                     for g in groups:
                         g.pop("members", None)
@@ -328,7 +331,7 @@ class FakePluralKit:
             return (404, {"code": 20002, "message": "Member not found."}) if view is None else (200, view)
         if method == "GET" and parts[0] == "groups":
             group = next(g for g in s.groups.values() if parts[1] in (g["uuid"], g["id"]))
-            out = copy.deepcopy(group)
+            out = self._view(group, {}, own)
             out.pop("members", None)
             return 200, out
         if not own:
