@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.diff import Snapshot, diff
-from workers.state import Delete, Kind, Put
+from workers.diff import diff
+from workers.state import Delete, Kind, Put, Snapshot
 
 SYSTEM = "sys-uuid"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -17,9 +17,9 @@ def member(uuid: str, short: str, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def snapshot(**kinds: dict[str, dict[str, Any]]) -> Snapshot:
-    out: Snapshot = {kind: {} for kind in Kind}
+    out = Snapshot()
     for name, rows in kinds.items():
-        out[Kind(name)] = rows
+        out.rows[Kind(name)] = rows
     return out
 
 
@@ -122,3 +122,13 @@ def test_an_empty_group_created_by_dispatch_is_no_membership_change() -> None:
     joined = {**from_dispatch, "members": ["m1"]}
     changes = diff(SYSTEM, snapshot(group={"g1": from_dispatch}), {Kind.GROUP: [joined]}, NOW)
     assert [(e.type, e.data) for e, _ in changes.events] == [("UPDATE_GROUP_MEMBERS", {"members": ["m1"]})]
+
+
+def test_a_member_only_a_dispatch_described_is_completed_quietly() -> None:
+    """CREATE_MEMBER was logged with the dispatch's data (the API did not show it yet);
+    the poll that first sees it whole reports no second creation."""
+    alex, sam = member("m1", "aaaaa", "Alex"), member("m2", "bbbbb", "Sam")
+    stored = snapshot(member={"m1": alex})
+    stored.unconfirmed.add((Kind.MEMBER, "m2"))
+    changes = diff(SYSTEM, stored, {Kind.MEMBER: [alex, sam]}, NOW)
+    assert changes.events == [] and Put(Kind.MEMBER, "m2", sam, NOW) in changes.quiet

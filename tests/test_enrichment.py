@@ -152,3 +152,31 @@ async def test_a_burst_of_edits_costs_one_call_per_entity(
     for m in members:
         chain = [r for r in rows if r.entity_id == m["uuid"]]
         assert [r.previous["description"] for r in chain[1:]] == [f"edit {i}" for i in range(9)]
+
+
+async def test_a_member_created_before_the_commit_is_fetched_again_and_delivered_whole(
+    relay: Relay, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    """GET /members/{id} answers 404 for a moment after an API-created member is dispatched."""
+    member = fake_pk.add_member(fake_system, "Alex", pronouns="they/them")
+    fake_pk.commit_later(member, 0.6)
+    await relay.send("CREATE_MEMBER", member["uuid"], {"name": "Alex"})
+    [created] = await relay.logged()
+    assert created.entity["uuid"] == member["uuid"] and created.entity["id"] == member["id"]
+    assert created.entity["created"] and created.entity["pronouns"] == "they/them"
+
+
+async def test_a_member_never_visible_in_time_is_not_stored_as_complete(
+    relay: Relay, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    member = fake_pk.add_member(fake_system, "Alex", pronouns="they/them")
+    fake_pk.commit_later(member, 30)
+    await relay.send("CREATE_MEMBER", member["uuid"], {"name": "Alex"})
+    [created] = await relay.logged()
+    assert created.entity == {"name": "Alex"}  # all there was to say, and honestly no more
+    fake_pk.commit_later(member, 0)
+    member["color"] = "00ff00"
+    await relay.send("UPDATE_MEMBER", member["uuid"], {"color": "00ff00"})
+    _, updated = await relay.logged()
+    assert updated.entity["uuid"] == member["uuid"] and updated.entity["color"] == "00ff00"
+    assert updated.previous is None  # the partial entity is no version of the member

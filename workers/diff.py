@@ -15,12 +15,10 @@ from typing import Any
 
 from pkrelay.envelope import Event, new_event_id
 from workers.fetch import full_switch
-from workers.state import Delete, Kind, Put, Write
+from workers.state import Delete, Kind, Put, Snapshot, Write
 
 # Keys that change on their own (every proxied message) and that PluralKit never dispatches.
 VOLATILE = frozenset({"message_count", "last_message_timestamp", "webhook_url"})
-
-Snapshot = dict[Kind, dict[str, dict[str, Any]]]
 
 
 @dataclass
@@ -61,7 +59,8 @@ def diff(system_id: str, stored: Snapshot, fetched: dict[Kind, Any], now: dateti
 class _Diff:
     def __init__(self, system_id: str, stored: Snapshot, now: datetime) -> None:
         self.system_id = system_id
-        self.stored = stored
+        self.stored = stored.rows
+        self.unconfirmed = stored.unconfirmed
         self.now = now
         self.out = Changes()
 
@@ -102,7 +101,7 @@ class _Diff:
             before = stored_all.get(uuid)
             writes: list[Write] = [Put(kind, uuid, entity, self.now)]
             if before is None:
-                if first_sight:
+                if first_sight or (kind, uuid) in self.unconfirmed:  # a dispatch already said it was created
                     self.out.quiet += writes
                 else:
                     self.emit(f"CREATE_{noun}", uuid, entity, entity, None, writes)

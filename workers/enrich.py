@@ -15,6 +15,7 @@ What each type fetches (and why) is the table in README.md. Two rules shape it:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,7 +86,8 @@ async def enrich(view: state.View, client: PluralKitClient, event_type: str, sys
     if not key:
         return Enriched(note="the event names no entity")
     stored = await view.get(kind, key)
-    previous = stored.data if stored else None
+    # A row the API never confirmed holds only what a dispatch said: no version of the entity.
+    previous = stored.data if stored and stored.fetched_at else None
     if action == "delete":
         result = Enriched(previous=previous, writes=[Delete(kind, key)])
         current = await view.get(Kind.FRONTERS, system_id) if kind == Kind.SWITCH else None
@@ -106,15 +108,17 @@ async def enrich(view: state.View, client: PluralKitClient, event_type: str, sys
         base, fetched_at = stored.data, None
     else:
         try:
-            base = fetch.as_data(await fetch.entity(client, kind, system_id, key))
-            fetched_at = now
+            found, result.calls = await _fetch_created(client, kind, system_id, key, retry=action == "create")
         except errors.NotFound:
             if action == "update":
                 return Enriched(previous=previous, note="gone since: the API answers 404", calls=1)
-            base, fetched_at = {}, None  # created but not committed yet: `data` is what exists
+            # Still not committed: `data` is all there is to say. It is stored as a row the
+            # API never confirmed, so it is neither a `previous` nor a baseline for polling.
+            return Enriched(entity=patch, note="not visible in the API yet; entity is the dispatch's data",
+                            calls=1 + len(CREATED_RETRIES), writes=[Put(kind, key, patch, None)])
         except errors.Forbidden as exc:
             return Enriched(previous=previous, note=f"private: {exc}", calls=1)
-        result.calls = 1
+        base, fetched_at = fetch.as_data(found), now
     entity = merge(base, patch)
     if kind == Kind.SWITCH:
         entity["members"] = await _switch_members(view, base.get("members") or [], patch.get("members"))
@@ -125,6 +129,26 @@ async def enrich(view: state.View, client: PluralKitClient, event_type: str, sys
         if current is None or str(entity.get("timestamp", "")) >= str(current.data.get("timestamp", "")):
             result.writes.append(Put(Kind.FRONTERS, system_id, entity, fetched_at))
     return result
+
+
+# PluralKit dispatches API-created members and groups before its commit, so their GET
+# can answer 404 for a few hundred milliseconds: asked again after these waits (s).
+CREATED_RETRIES = (0.25, 0.5, 1.0)
+
+
+async def _fetch_created(client: PluralKitClient, kind: Kind, system_id: str, key: str,
+                         retry: bool) -> tuple[Any, int]:
+    """The entity and the calls it took; NotFound once every try has said so."""
+    waits = list(CREATED_RETRIES if retry else ())
+    calls = 0
+    while True:
+        calls += 1
+        try:
+            return await fetch.entity(client, kind, system_id, key), calls
+        except errors.NotFound:
+            if not waits:
+                raise
+            await asyncio.sleep(waits.pop(0))
 
 
 async def _switch_members(view: state.View, fetched: list[Any], sent: list[Any] | None) -> list[Any]:

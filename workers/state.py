@@ -6,7 +6,7 @@ one, or clear a kind (an import or a delete-all replaces what was there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -79,12 +79,25 @@ async def all_of(conn: AsyncConnection, system_id: str, kind: Kind) -> dict[str,
     return {r.key: r.data for r in rows}
 
 
-async def snapshot(conn: AsyncConnection, system_id: str) -> dict[Kind, dict[str, dict[str, Any]]]:
-    """Everything stored of one system, by kind and key, in one read."""
-    rows = (await conn.execute(sa.select(t.c.kind, t.c.key, t.c.data).where(t.c.system_id == system_id))).all()
-    out: dict[Kind, dict[str, dict[str, Any]]] = {kind: {} for kind in Kind}
+@dataclass
+class Snapshot:
+    """Everything stored of one system: confirmed rows by kind and key, and the keys of
+    rows only a dispatch ever described (a create the API did not show yet)."""
+
+    rows: dict[Kind, dict[str, dict[str, Any]]] = field(default_factory=lambda: {kind: {} for kind in Kind})
+    unconfirmed: set[tuple[Kind, str]] = field(default_factory=set)
+
+
+async def snapshot(conn: AsyncConnection, system_id: str) -> Snapshot:
+    """One read of everything stored of a system."""
+    out = Snapshot()
+    rows = (await conn.execute(sa.select(t.c.kind, t.c.key, t.c.data, t.c.fetched_at)
+                               .where(t.c.system_id == system_id))).all()
     for row in rows:
-        out[Kind(row.kind)][row.key] = row.data
+        if row.fetched_at is None:
+            out.unconfirmed.add((Kind(row.kind), row.key))
+        else:
+            out.rows[Kind(row.kind)][row.key] = row.data
     return out
 
 

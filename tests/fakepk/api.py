@@ -88,6 +88,7 @@ class FakePluralKit:
         self.journal: list[Journal] = []
         self._tat: dict[tuple[str, str], float] = {}
         self._injected: deque[tuple[int, dict[str, Any] | None]] = deque()
+        self._uncommitted: dict[str, float] = {}  # entity uuid -> when its GET stops answering 404
         self.delay = 0.0
         self.lock = threading.Lock()
         self.port = free_port()
@@ -116,6 +117,11 @@ class FakePluralKit:
         member.update(fields)
         system.members[member["uuid"]] = member
         return member
+
+    def commit_later(self, entity: dict[str, Any], seconds: float) -> None:
+        """PluralKit dispatches API-created members and groups before its commit: their
+        GET answers 404 for a while."""
+        self._uncommitted[entity["uuid"]] = time.time() + seconds
 
     def add_group(self, system: FakeSystem, name: str, members: list[str] | None = None) -> dict[str, Any]:
         group = {"id": short_id(), "uuid": str(uuidlib.uuid4()), "system": system.system["id"], "name": name,
@@ -245,6 +251,8 @@ class FakePluralKit:
             for s in self.systems.values():
                 for entity in getattr(s, attr).values():
                     if parts[1] in (entity["uuid"], entity["id"]):
+                        if time.time() < self._uncommitted.get(entity["uuid"], 0):
+                            break
                         return s
             raise LookupError(f"{attr[:-1].capitalize()} not found.")
         if parts[0] == "members" and len(parts) == 1:
