@@ -32,6 +32,8 @@ async def _check_api(settings: config.Settings, report: Callable[..., None]) -> 
     try:
         for system in settings.systems:
             token = system.api_token.reveal()
+            if not token and not system.system_id:
+                continue  # nothing to look up; reported with the config
             client = PluralKitClient.from_settings(settings.pluralkit, redis, token)
             try:
                 found = await client.system("@me" if token else system.system_id)
@@ -81,7 +83,8 @@ async def run_checks(path: Path) -> int:
         if system.mode != "poll" and not system.signing_token:
             report(False, f"system {system.name}", f"mode {system.mode} needs a signing_token for webhooks")
         if not system.system_id and not system.api_token:
-            report(False, f"system {system.name}", "needs a system_id or an api_token")
+            report(False, f"system {system.name}", "api_token is not set and system_id is empty: set one of them "
+                                                   "(the api_token also gives private data)")
 
     if settings.redis.url:
         redis = queue.connect(settings.redis.url, timeout=3)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import msgspec
 
 from pkrelay import config, db, logs, queue
 
@@ -21,7 +25,9 @@ class UsageError(Exception):
 def _load(args: argparse.Namespace, process: str) -> tuple[Path, config.Settings]:
     path = config.config_path(args.config)
     settings = config.load(path)
-    logs.setup(settings.secrets(), process)
+    if args.verbose:
+        settings = msgspec.structs.replace(settings, log_level="debug")
+    logs.setup(settings.secrets(), process, settings.log_level)
     return path, settings
 
 
@@ -42,23 +48,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pkrelay.supervisor import Supervisor
 
     path, settings = _load(args, "run")
-    asyncio.run(db.migrate_url(settings.database_url))
     return Supervisor(settings, path).run()
 
 
+# `pkrelay serve` exits with this when its port is taken: `pkrelay run` then stops
+# everything rather than restarting a receiver that cannot ever start.
+EXIT_CANNOT_BIND = 3
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
     import uvicorn
 
     from receiver.app import create_app
 
     path, settings = _load(args, "receiver")
     redis_url = _need_redis(settings, "serve")
+    host, port = settings.server.host, settings.server.port
+    try:  # bound here, before anything else, so a taken port is one clear error
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        print(f"pkrelay serve: cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
+              "(another program, or another pkrelay, uses it; set server.port)", file=sys.stderr)
+        return EXIT_CANNOT_BIND
     asyncio.run(db.migrate_url(settings.database_url))
     app = create_app(config.LiveSettings(path, settings), redis_url)
-    uvicorn.run(
-        app, host=settings.server.host, port=settings.server.port,
-        access_log=False, log_config=None, server_header=False, timeout_graceful_shutdown=10,
-    )
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, access_log=False, log_config=None, server_header=False,
+        timeout_graceful_shutdown=10,
+    ))
+    server.run(sockets=[sock])
     return 0
 
 
@@ -97,6 +118,69 @@ def cmd_events(args: argparse.Namespace) -> int:
     return asyncio.run(print_events(settings, follow=args.follow, system=args.system, event_type=args.type))
 
 
+STARTER = """\
+# pkrelay's configuration, written by `pkrelay init`. Every setting: docs/contract.md.
+# Secrets: "env:NAME" reads the environment variable NAME at start; "file:PATH" reads
+# a file (relative to this one) at start and whenever it changes, so a token can be
+# added while pkrelay runs. Systems and sinks reload by themselves when you save.
+
+data_dir = "./data"      # database, embedded Redis and spool; relative to this file
+log_level = "info"       # "debug" also shows every job and HTTP request (or: --verbose)
+
+[server]
+host = "127.0.0.1"
+port = 8080
+dispatch_path = "/dispatch"
+public_url = ""          # the https URL PluralKit posts to, e.g. "https://relay.example.org/dispatch"
+
+[[systems]]
+name = {name}
+mode = {mode}           # auto: webhooks + slow reconciliation; poll: polling only; webhook: no polling
+system_id = ""           # the system's UUID; may stay empty when api_token is set
+signing_token = ""       # shown by the bot after `pk;system webhook <url>`, e.g. "file:pk-signing-token"
+api_token = ""           # `pk;token`: private data, and what `mode = "poll"` needs, e.g. "file:pk-api-token"
+
+# Where events go: uncomment and edit.
+# [[sinks]]
+# name = "ha-front"
+# type = "webhook"
+# url = "http://homeassistant.local:8123/api/webhook/pk-front"
+# events = ["CREATE_SWITCH"]
+#
+# [[sinks]]
+# name = "mqtt"
+# type = "mqtt"
+# url = "mqtt://127.0.0.1:1883"
+"""
+
+
+def _ask(question: str, default: str, choices: tuple[str, ...] = ()) -> str:
+    while True:
+        answer = input(f"{question} [{default}]: ").strip() or default
+        if not choices or answer in choices:
+            return answer
+        print(f"one of {', '.join(choices)}, please")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.config or os.environ.get(config.CONFIG_ENV) or config.DEFAULT_CONFIG)
+    if path.exists():
+        raise UsageError(f"{path} exists; not overwriting it")
+    name, mode = "home", "auto"
+    if sys.stdin.isatty():
+        name = _ask("a name for your system (a local label)", name)
+        mode = _ask("mode: auto (webhooks, and polling to catch what they miss), poll (no public URL needed) or "
+                    "webhook", mode, ("auto", "poll", "webhook"))
+    text = STARTER.format(name=json.dumps(name), mode=json.dumps(mode))
+    try:
+        with path.open("x") as f:  # "x": never overwrite, even one created a moment ago
+            f.write(text)
+    except FileExistsError:
+        raise UsageError(f"{path} exists; not overwriting it") from None
+    print(f"wrote {path}; fill in the tokens, then `pkrelay check` and `pkrelay run`")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -117,7 +201,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     redis_url = _running_redis(settings, "replay")
 
     async def go() -> int:
+        from pkrelay.eventlog import missing_ids
+
         engine = db.create_engine(settings.database_url)
+        if args.event_ids and (missing := await missing_ids(engine, args.event_ids)):
+            await engine.dispose()
+            raise UsageError(f"no such event: {', '.join(missing)} (nothing was replayed)")
         redis = await create_pool(RedisSettings.from_dsn(redis_url))
         try:
             return await replay(engine, redis, settings.sinks, event_ids=args.event_ids, since=since,
@@ -155,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pkrelay", description="PluralKit events, enriched, signed, delivered.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="config file (default ./pkrelay.toml or $PKRELAY_CONFIG)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log everything (log_level = \"debug\"): every job, HTTP request, migration step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
         ("run", cmd_run, "everything on one machine: embedded Redis, receiver, one worker"),
@@ -165,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("events", cmd_events, "print the event log"),
         ("replay", cmd_replay, "deliver stored events to the sinks again, with the same ids"),
         ("backfill", cmd_backfill, "take a full snapshot of each system through the API"),
+        ("init", cmd_init, "write a commented starter pkrelay.toml (never overwrites)"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)

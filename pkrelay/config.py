@@ -7,11 +7,14 @@ show the value, so they cannot leak through logs or error messages by accident.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,11 +112,15 @@ class _Sink(_Section, tag_field="type", kw_only=True):
     systems: list[str] | None = None
     url: str
     public_only: bool = False
+    name: str = ""  # a label for logs and metrics; without one, a hash stands in
 
     @property
     def key(self) -> str:
         """A stable name for this sink in the database and metrics, without its URL
-        (URLs can carry secrets, e.g. Home Assistant webhook ids)."""
+        (URLs can carry secrets, e.g. Home Assistant webhook ids): its `name`, else a
+        hash of URL and topic (what databases written before names existed hold)."""
+        if self.name:
+            return self.name
         topic = getattr(self, "topic_prefix", "")
         digest = hashlib.sha256(f"{self.url}|{topic}".encode()).hexdigest()[:12]
         return f"{self.__struct_config__.tag}-{digest}"
@@ -132,10 +139,12 @@ class MqttSink(_Sink, tag="mqtt", kw_only=True):
 
 
 Sink = WebhookSink | MqttSink
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class Settings(_Section):
-    data_dir: str = "./data"
+    data_dir: str = "./data"  # made absolute by `load`, relative to the config file's directory
+    log_level: LogLevel = "info"  # info: start, stop, reloads, warnings; debug: every job and request too
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     pluralkit: PluralKitConfig = msgspec.field(default_factory=PluralKitConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
@@ -169,27 +178,52 @@ class Settings(_Section):
 
 
 def config_path(explicit: str | None = None) -> Path:
-    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    """The config file to use: `--config`, else $PKRELAY_CONFIG, else ./pkrelay.toml.
+
+    Only the default may be absent (every default applies); a file the user named
+    that does not exist is a mistake, not a request for defaults.
+    """
+    named = explicit or os.environ.get(CONFIG_ENV)
+    path = Path(named or DEFAULT_CONFIG)
+    if named and not path.is_file():
+        raise ConfigError(f"{path}: no such config file (`pkrelay init` writes a starter one)")
+    return path
 
 
 def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
     """Read `path` (absent means all defaults), apply env overrides, decode strictly."""
-    text = path.read_text() if path.exists() else ""
+    return _load(path, environ, [])
+
+
+def _load(path: Path, environ: Mapping[str, str], files: list[Path]) -> Settings:
+    """The settings; `files` gets every `file:` secret named (to watch them, even
+    when one of them cannot be read yet).
+
+    Relative paths are resolved here, once, against the config file's directory (the
+    working directory without a file), so every process and child agrees on them.
+    """
+    exists = path.is_file()
+    base = path.resolve().parent if exists else Path.cwd()
+    text = path.read_text() if exists else ""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _apply_env_overrides(raw, environ)
     try:
-        raw = _resolve_env_refs(raw, environ, [])
+        raw = _resolve_refs(raw, environ, base, files, [])
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     try:
         settings = msgspec.convert(raw, Settings, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(str(exc), text)}") from None
-    _check(settings)
-    return settings
+    try:
+        _check(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    data_dir = (base / settings.data_dir).resolve()
+    return msgspec.structs.replace(settings, data_dir=str(data_dir))
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
@@ -210,6 +244,8 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
         if not field:
             if section == "data_dir":
                 raw[section] = value
+            elif section == "log_level":
+                raw[section] = value.lower()
             continue
         section_type = hints.get(section)
         is_section = isinstance(section_type, type) and issubclass(section_type, _Section)
@@ -224,17 +260,26 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
         raw.setdefault(section, {})[field] = value
 
 
-def _resolve_env_refs(node: Any, environ: Mapping[str, str], path: list[str]) -> Any:
-    """Replace every "env:NAME" string by the variable's value."""
+def _resolve_refs(node: Any, environ: Mapping[str, str], base: Path, files: list[Path], path: list[str]) -> Any:
+    """Replace every "env:NAME" string by the variable's value and every "file:PATH"
+    by the file's content (trailing newline stripped; relative to `base`)."""
     if isinstance(node, dict):
-        return {k: _resolve_env_refs(v, environ, [*path, k]) for k, v in node.items()}
+        return {k: _resolve_refs(v, environ, base, files, [*path, k]) for k, v in node.items()}
     if isinstance(node, list):
-        return [_resolve_env_refs(v, environ, [*path, str(i)]) for i, v in enumerate(node)]
+        return [_resolve_refs(v, environ, base, files, [*path, str(i)]) for i, v in enumerate(node)]
     if isinstance(node, str) and node.startswith("env:"):
         var = node[4:]
         if var not in environ:
             raise ConfigError(f"{'.'.join(path)} refers to environment variable {var}, which is not set")
         return environ[var]
+    if isinstance(node, str) and node.startswith("file:"):
+        file = base / node[5:]
+        files.append(file)
+        try:
+            return file.read_text().removesuffix("\n").removesuffix("\r")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable as text"
+            raise ConfigError(f"{'.'.join(path)}: its file cannot be read ({reason})") from None
     return node
 
 
@@ -245,10 +290,27 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"systems: duplicate name {dupes[0]!r}")
     if not settings.server.dispatch_path.startswith("/"):
         raise ConfigError("server.dispatch_path must start with '/'")
-    for sink in settings.sinks:
+    sink_names = [s.name for s in settings.sinks if s.name]
+    dupes = sorted({n for n in sink_names if sink_names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"sinks: duplicate name {dupes[0]!r}")
+    for index, sink in enumerate(settings.sinks):
+        named = f" (sink {sink.name!r})" if sink.name else ""
         unknown = sorted(set(sink.systems or ()) - set(names))
         if unknown:
-            raise ConfigError(f"sinks: systems names unknown system {unknown[0]!r}")
+            raise ConfigError(f"sinks.{index}.systems{named}: names unknown system {unknown[0]!r}")
+        if isinstance(sink, WebhookSink) and sink.secret and not _valid_secret(sink.secret.reveal()):
+            raise ConfigError(f"sinks.{index}.secret{named}: must be empty or whsec_ followed by a base64 key")
+
+
+def _valid_secret(value: str) -> bool:
+    """A Standard Webhooks secret: whsec_ + a non-empty base64 key."""
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return bool(base64.b64decode(value.removeprefix("whsec_"), validate=True))
+    except binascii.Error:
+        return False
 
 
 _PATH_PART = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
@@ -266,8 +328,33 @@ def _describe(message: str, text: str) -> str:
     if unknown:
         path.append(unknown.group(1))
     key = ".".join(str(p) for p in path) or "(top level)"
+    if _QUOTED_VALUE.search(detail):  # the value may be a secret pasted in the wrong place
+        choices = _choices(path)
+        detail = f"must be one of {', '.join(choices)}" if choices else "invalid value"
     line = _line_of(text, path)
     return f"{key}: {detail}" + (f" (line {line})" if line else "")
+
+
+_QUOTED_VALUE = re.compile(r"Invalid (?:enum )?value")
+
+
+def _choices(path: list[str | int]) -> list[str]:
+    """The allowed values of the setting at `path` (a Literal, or a sink's type)."""
+    kind: Any = Settings
+    for part in path:
+        if isinstance(part, int):
+            kind = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+            continue
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            members = typing.get_args(kind)
+            if part == "type":
+                return [m.__struct_config__.tag for m in members]
+            kind = members[0]
+        hints = typing.get_type_hints(kind, include_extras=False) if isinstance(kind, type) else {}
+        if part not in hints:
+            return []
+        kind = hints[part]
+    return [str(v) for v in typing.get_args(kind)] if typing.get_origin(kind) is Literal else []
 
 
 def _line_of(text: str, path: list[str | int]) -> int | None:
@@ -301,22 +388,34 @@ class LiveSettings:
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.current = settings
+        self._files: list[Path] = []
+        try:
+            _load(path, os.environ, self._files)
+        except ConfigError:
+            pass  # the caller loaded `settings` already; only the file list is wanted here
         self._stamp = self._stat()
 
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    def _stat(self) -> tuple[tuple[int, int] | None, ...]:
+        """The config file's stamp and those of its `file:` secrets."""
+        stamps: list[tuple[int, int] | None] = []
+        for path in (self.path, *self._files):
+            try:
+                st = path.stat()
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
 
     def changed(self) -> bool:
         return self._stat() != self._stamp
 
     def reload(self) -> Settings:
-        """Re-read the file; on error keep the running settings and raise."""
-        self._stamp = self._stat()
-        fresh = load(self.path)
+        """Re-read the file (and its `file:` secrets); on error keep the running settings and raise."""
+        self._files = []
+        try:
+            fresh = _load(self.path, os.environ, self._files)
+        finally:
+            self._stamp = self._stat()
         self.current = msgspec.structs.replace(self.current, systems=fresh.systems, sinks=fresh.sinks)
         return fresh
 

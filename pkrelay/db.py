@@ -1,7 +1,7 @@
 """The database: tables, engine setup and migrations.
 
-SQLite by default (WAL, BEGIN IMMEDIATE: see FIELD-NOTES.md), PostgreSQL through
-`database.url`. JSON columns hold msgspec-encoded documents.
+SQLite by default (WAL and BEGIN IMMEDIATE: without them a second writer often gets
+"database is locked"), PostgreSQL through `database.url`. JSON columns hold msgspec-encoded documents.
 """
 
 from __future__ import annotations

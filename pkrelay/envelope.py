@@ -1,4 +1,4 @@
-"""The event envelope integrations receive (SPEC.md "The event stream")."""
+"""The event envelope integrations receive (docs/contract.md, "The event stream")."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
+import sys
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -12,6 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pkrelay import db
 from pkrelay.config import Settings
 from pkrelay.envelope import Event
+from pkrelay.pluralkit.dispatch import DATA_MODELS
+
+# What polling emits beyond PluralKit's own dispatch types.
+POLL_TYPES = ("UPDATE_GROUP_MEMBERS",)
 
 
 def row_to_event(row: sa.Row) -> Event:
@@ -48,6 +54,43 @@ async def query(
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt.order_by(t.c.id.desc()).limit(limit))).all()
     return [row_to_event(r) for r in rows]
+
+
+async def filter_mistake(engine: AsyncEngine, settings: Settings, system: str | None,
+                         event_type: str | None) -> str | None:
+    """What is wrong with these filters, when they can match nothing for a plain
+    reason (an unknown system, a lower-case or misspelt type); None when they are fine.
+
+    Known means configured, or present in the log (a system removed from the config
+    still has its events)."""
+    t = db.events
+    if system:
+        known = {s.name for s in settings.systems} | {s.system_id for s in settings.systems if s.system_id}
+        if system not in known:
+            async with engine.connect() as conn:
+                logged = (await conn.execute(
+                    sa.select(t.c.id).where(sa.or_(t.c.system == system, t.c.system_id == system)).limit(1))).first()
+            if logged is None:
+                names = ", ".join(sorted(s.name for s in settings.systems)) or "none"
+                return f"no system {system!r}: configured systems are {names} (a name or a system UUID)"
+    if event_type:
+        async with engine.connect() as conn:
+            seen = set((await conn.execute(sa.select(t.c.type).distinct())).scalars())
+        known_types = {*DATA_MODELS, *POLL_TYPES, *seen}
+        if event_type not in known_types:
+            if event_type.upper() in known_types:
+                return f"event types are upper case: --type {event_type.upper()}"
+            close = difflib.get_close_matches(event_type.upper(), sorted(known_types), n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known types: {', '.join(sorted(known_types))}"
+            return f"no event type {event_type!r}{hint}"
+    return None
+
+
+async def missing_ids(engine: AsyncEngine, event_ids: list[str]) -> list[str]:
+    """The ids among `event_ids` that are not in the log."""
+    async with engine.connect() as conn:
+        found = set((await conn.execute(sa.select(db.events.c.id).where(db.events.c.id.in_(event_ids)))).scalars())
+    return [i for i in event_ids if i not in found]
 
 
 # Longer than any transaction that logs events takes between stamping and committing.
@@ -109,6 +152,10 @@ async def print_events(settings: Settings, *, follow: bool, system: str | None, 
     engine = db.create_engine(settings.database_url)
     follower = Follower(engine, system, event_type)
     try:
+        mistake = await filter_mistake(engine, settings, system, event_type)
+        if mistake:
+            print(f"pkrelay events: {mistake}", file=sys.stderr)
+            return 2
         if follow:
             await follower.start()
         batch = list(reversed(await query(engine, system=system, event_type=event_type, limit=50)))

@@ -7,9 +7,13 @@ messages that embed foreign text (exception strings, library logs).
 from __future__ import annotations
 
 import logging
-import os
 
 MASK = "**********"
+
+# Chatty below WARNING at the default level: a line per job (a poll tick every
+# second), per HTTP request (burying the backfill bar), per migration step, per
+# server start. `log_level = "debug"` (or `--verbose`) lets them through.
+QUIET = ("arq.jobs", "arq.worker", "alembic", "httpx", "httpcore", "uvicorn", "uvicorn.error")
 
 
 class RedactSecrets(logging.Filter):
@@ -37,8 +41,13 @@ class RedactSecrets(logging.Filter):
 redactor = RedactSecrets()
 
 
-def setup(secrets: list[str], process: str) -> None:
-    """Configure the root logger once per process; call again to refresh the secrets."""
+def setup(secrets: list[str], process: str, level: str | None = None) -> None:
+    """Configure the root logger once per process; call again to refresh the secrets.
+
+    `level` is the `log_level` setting (None keeps the current one): "info" shows
+    pkrelay's start, stop, reloads, warnings and failures; "debug" also pkrelay's
+    details and the libraries' per-job and per-request lines.
+    """
     redactor.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
     root = logging.getLogger()
     if not any(redactor in h.filters for h in root.handlers):
@@ -46,4 +55,10 @@ def setup(secrets: list[str], process: str) -> None:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(redactor)
         root.handlers = [handler]
-    root.setLevel(os.environ.get("PKRELAY_LOG_LEVEL", "INFO").upper())
+    if level is None:
+        return
+    verbose = level == "debug"
+    root.setLevel(logging.INFO if verbose else level.upper())
+    logging.getLogger("pkrelay").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)

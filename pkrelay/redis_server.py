@@ -54,8 +54,10 @@ class EmbeddedRedis:
     """One valkey-server child process with its files under `directory`."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
+        # Absolute: valkey-server changes into --dir before it opens --logfile.
+        self.directory = directory.resolve()
         self.port = port or free_port()
+        self._log_start = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,22 +82,37 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )
+        # What the server says before its log file is open (a bad argument, an
+        # unwritable directory) goes to its stdout; keep it for the error message.
+        log = self.directory / "valkey.log"
+        self._log_start = log.stat().st_size if log.exists() else 0
+        with (self.directory / "valkey.out").open("wb") as out:
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = self.directory / "valkey.log"
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                raise RedisServerError(f"valkey-server exited with {self.process.returncode}: {tail}")
+                raise RedisServerError(f"valkey-server exited with {self.process.returncode}: {self._said()}")
             if self.ping():
                 (self.directory / URL_FILE).write_text(self.url)
                 return
             time.sleep(0.005)
         self.stop()
         raise RedisServerError(f"valkey-server did not answer on port {self.port} within {timeout} s")
+
+    def _said(self) -> str:
+        """The last lines this start wrote, to its stdout or its log file."""
+        lines: list[str] = []
+        for name, start in (("valkey.out", 0), ("valkey.log", self._log_start)):
+            try:
+                with (self.directory / name).open("rb") as f:
+                    f.seek(start)
+                    lines += f.read().decode(errors="replace").splitlines()[-5:]
+            except OSError:
+                continue
+        return " | ".join(line.strip() for line in lines if line.strip()) or "(it said nothing)"
 
     def ping(self) -> bool:
         try:

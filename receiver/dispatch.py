@@ -8,13 +8,14 @@ so dropping one would lose a real change to avoid a duplicate that cannot happen
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
 from pkrelay import queue
@@ -28,6 +29,65 @@ log = logging.getLogger("pkrelay.receiver")
 
 _decode = msgspec.json.Decoder(Dispatch).decode
 _OK = b'{"status":"ok"}'
+# What a body that is not JSON of the dispatch shape raises: invalid UTF-8 is not a
+# DecodeError, and nesting deeper than msgspec's limit is a RecursionError.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+# An oversized body is read and thrown away (up to this much, for this long) before
+# the 413, so the client hears it: closing on unread data resets the connection, and
+# the client sees that instead of the answer.
+DRAIN_LIMIT = 16 * 1024 * 1024
+DRAIN_TIMEOUT_S = 10.0
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is longer than `limit` (by Content-Length or as sent)."""
+    declared = request.headers.get("content-length", "")
+    too_large = declared.isdigit() and int(declared) > limit
+    if too_large and (int(declared) > DRAIN_LIMIT or request.headers.get("expect", "").lower() == "100-continue"):
+        return None  # not worth draining, or the client waits for our answer before sending
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more and not too_large:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client left; what it sent is all there is
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        more = message.get("more_body", False)
+        too_large = size > limit
+        chunks.append(chunk)
+    if not too_large:
+        return b"".join(chunks)
+    chunks.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while more and size <= DRAIN_LIMIT:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    break
+                size += len(message.get("body", b""))
+                more = message.get("more_body", False)
+    return None
+
+
+class Throttle:
+    """At most one log line per reason per `interval`, so a stranger posting bad
+    tokens cannot flood the log; the next line says how many were left out."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def allow(self, reason: str) -> int | None:
+        """None to stay quiet; else how many were left out since the last line."""
+        now = time.monotonic()
+        if now - self._last.get(reason, -self.interval) < self.interval:
+            self._skipped[reason] = self._skipped.get(reason, 0) + 1
+            return None
+        self._last[reason] = now
+        return self._skipped.pop(reason, 0)
 
 
 def _answer(status: int, message: str | None = None) -> Response[bytes]:
@@ -52,6 +112,23 @@ def authenticate(systems: Sequence[SystemConfig], system_id: str | None, token: 
 
 
 def dispatch_handler(path: str) -> HTTPRouteHandler:
+    refusals = Throttle()
+
+    def _warn_refused(token: str | None, system_id: str | None) -> None:
+        """A WARNING for a 401, with what to do about it; never the token itself."""
+        reason = "no token" if not token else "unknown token"
+        skipped = refusals.allow(reason)
+        if skipped is None:
+            return
+        more = f" ({skipped} more refused since the last such line)" if skipped else ""
+        if not token:
+            log.warning("dispatch refused (401): the body carries no signing_token%s", more)
+            return
+        log.warning("dispatch refused (401): its signing_token matches no configured system (system_id %s)%s. "
+                    "If you just ran `pk;system webhook`, put the token the bot showed into that system's "
+                    "signing_token (\"file:PATH\" can be added while pkrelay runs); pkrelay reloads it within "
+                    "a second", repr(system_id)[:48], more)
+
     @post(
         path,
         status_code=200,
@@ -61,28 +138,26 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
     )
     async def receive_dispatch(request: Request) -> Response[bytes]:
         relay: Relay = request.app.state.relay
-        try:
-            body = await request.body()
-        except HTTPException as exc:
-            if exc.status_code == 413:
-                EVENTS_RECEIVED.labels("-", "too_large").inc()
-                return _answer(413, "body larger than server.max_body_bytes")
-            raise
+        body = await read_body(request, relay.live.current.server.max_body_bytes)
+        if body is None:
+            EVENTS_RECEIVED.labels("-", "too_large").inc()
+            return _answer(413, "body larger than server.max_body_bytes")
         try:
             dispatch = _decode(body)
-        except msgspec.DecodeError as exc:
+        except _UNDECODABLE as exc:
             EVENTS_RECEIVED.labels("-", "invalid").inc()
             return _answer(400, f"not a dispatch body: {exc}")
         system = authenticate(relay.live.current.systems, dispatch.system_id, dispatch.signing_token)
         if system is None:
             EVENTS_RECEIVED.labels("-", "unauthorized").inc()
+            _warn_refused(dispatch.signing_token, dispatch.system_id)
             return _answer(401, "unauthorized")
         if dispatch.type == "PING":
             EVENTS_RECEIVED.labels("PING", "ping").inc()
             return _answer(200)
         try:
             decode_data(dispatch.type, dispatch.data)
-        except msgspec.DecodeError as exc:
+        except _UNDECODABLE as exc:
             EVENTS_RECEIVED.labels(dispatch.type, "invalid").inc()
             return _answer(400, f"data does not match {dispatch.type}: {exc}")
         received_ms = time.time_ns() // 1_000_000

@@ -46,11 +46,12 @@ def ready(port: int) -> bool:
 
 
 @contextmanager
-def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
+def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL,
+                cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`pkrelay run --config config` until it answers /readyz; SIGTERM on the way out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
     proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=env,
-                            stdout=output, stderr=subprocess.STDOUT)
+                            stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         deadline = time.monotonic() + 30
         while not ready(port):

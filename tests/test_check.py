@@ -47,3 +47,20 @@ def test_check_fails_clearly(tmp_path: Path, fake_pk: FakePluralKit, system_cred
     (tmp_path / "bad.toml").write_text("[server]\nprot = 1\n")
     bad = _check(tmp_path / "bad.toml")
     assert bad.returncode == 1 and "server.prot" in bad.stdout and "line 2" in bad.stdout
+
+
+def test_check_says_an_empty_api_token_is_not_set(tmp_path: Path, fake_pk: FakePluralKit) -> None:
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data",
+                       [{"name": "home", "api_token": "env:PK_API_TOKEN", "mode": "poll"}],
+                       api_base_url=fake_pk.base_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    done = subprocess.run([sys.executable, "-m", "pkrelay", "check", "--config", str(cfg)], capture_output=True,
+                          text=True, env={**env, "PK_API_TOKEN": ""}, timeout=60)
+    assert done.returncode == 1
+    assert "FAIL system home: api_token is not set and system_id is empty" in done.stdout
+    assert "404" not in done.stdout
+
+
+def test_check_refuses_a_named_config_file_that_does_not_exist(tmp_path: Path) -> None:
+    done = _check(tmp_path / "missing.toml")
+    assert done.returncode != 0 and "missing.toml: no such config file" in done.stderr

@@ -29,8 +29,9 @@ def test_no_file_means_every_default(tmp_path: Path) -> None:
         ('data_dir = "x"\n[server]\nport = "9000"\n', "server.port: Expected `int`, got `str` (line 3)"),
         ('[[systems]]\nname = "a"\n[[systems]]\nname = "b"\nmdoe = "poll"\n',
          "systems.1.mdoe: Object contains unknown field `mdoe` (line 5)"),
-        ('[[systems]]\nname = "a"\nmode = "sometimes"\n', "systems.0.mode: Invalid enum value 'sometimes' (line 3)"),
-        ('[[sinks]]\ntype = "smtp"\nurl = "x"\n', "sinks.0.type: Invalid value 'smtp' (line 2)"),
+        ('[[systems]]\nname = "a"\nmode = "sometimes"\n', "systems.0.mode: must be one of auto, poll, webhook (line 3)"),
+        ('[[sinks]]\ntype = "smtp"\nurl = "x"\n', "sinks.0.type: must be one of webhook, mqtt (line 2)"),
+        ('log_level = "loud"\n', "log_level: must be one of debug, info, warning, error (line 1)"),
         ('[server]\nport = 70000\n', "server.port: Expected `int` <= 65535 (line 2)"),
         ('[serverr]\nport = 1\n', "serverr: Object contains unknown field `serverr` (line 1)"),
         ('[server\n', "not valid TOML"),
@@ -80,11 +81,93 @@ def test_a_config_error_never_shows_a_secret(tmp_path: Path) -> None:
     assert "12345678" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[systems]]\nname = "home"\nmode = "{secret}"\n',  # a token pasted into the wrong key
+        '[[sinks]]\ntype = "{secret}"\nurl = "http://x"\n',
+        '[[sinks]]\ntype = "webhook"\nurl = "http://x"\nsecret = "{secret}"\n',  # not whsec_...
+        '[[sinks]]\ntype = "webhook"\nurl = "http://x"\nsecret = "whsec_{secret}!"\n',  # not base64
+    ],
+)
+def test_a_misplaced_secret_is_not_echoed(tmp_path: Path, text: str) -> None:
+    secret = "pk_sig_9f8e7d6c5b4a"
+    with pytest.raises(config.ConfigError) as info:
+        _load(tmp_path, text.format(secret=secret))
+    assert secret not in str(info.value)
+
+
+def test_sink_secrets_are_checked_and_named(tmp_path: Path) -> None:
+    ok = _load(tmp_path, '[[sinks]]\ntype = "webhook"\nurl = "http://x"\nsecret = "whsec_c2VjcmV0"\n')
+    assert ok.sinks[0].secret.reveal() == "whsec_c2VjcmV0"
+    for value in ("whsec_", "whsec_***", "c2VjcmV0"):
+        with pytest.raises(config.ConfigError, match=r"sinks\.1\.secret \(sink 'ha'\): must be empty or whsec_"):
+            _load(tmp_path, '[[sinks]]\ntype = "mqtt"\nurl = "mqtt://x"\n'
+                            f'[[sinks]]\nname = "ha"\ntype = "webhook"\nurl = "http://x"\nsecret = "{value}"\n')
+
+
+def test_sink_names_are_keys_and_unique(tmp_path: Path) -> None:
+    settings = _load(tmp_path, '[[sinks]]\nname = "ha-front"\ntype = "webhook"\nurl = "http://x"\n'
+                               '[[sinks]]\ntype = "mqtt"\nurl = "mqtt://x"\n')
+    assert settings.sinks[0].key == "ha-front"
+    assert settings.sinks[1].key.startswith("mqtt-")  # unnamed: the hash earlier databases hold
+    with pytest.raises(config.ConfigError, match="sinks: duplicate name 'a'"):
+        _load(tmp_path, '[[sinks]]\nname = "a"\ntype = "webhook"\nurl = "http://x"\n'
+                        '[[sinks]]\nname = "a"\ntype = "mqtt"\nurl = "mqtt://x"\n')
+
+
+def test_relative_paths_are_resolved_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "signing").write_text("tok-from-file\n")
+    path = tmp_path / "etc" / "pkrelay.toml"
+    path.write_text('data_dir = "./data"\n[[systems]]\nname = "home"\nsigning_token = "file:signing"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = config.load(path, {})
+    assert settings.data_dir == str(tmp_path / "etc" / "data")
+    assert settings.systems[0].signing_token.reveal() == "tok-from-file"
+    assert config.load(tmp_path / "absent.toml", {}).data_dir == str(tmp_path / "data")  # no file: the cwd
+
+
+def test_a_missing_secret_file_names_the_key_not_the_path(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        _load(tmp_path, '[[systems]]\nname = "home"\napi_token = "file:secrets/pk-api"\n')
+    assert "systems.0.api_token" in str(info.value) and "pk-api" not in str(info.value)
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.CONFIG_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert config.config_path(None) == Path("pkrelay.toml")  # the default may be absent: defaults
+    with pytest.raises(config.ConfigError, match="missing.toml: no such config file"):
+        config.config_path("missing.toml")
+    monkeypatch.setenv(config.CONFIG_ENV, "also-missing.toml")
+    with pytest.raises(config.ConfigError, match="also-missing.toml: no such config file"):
+        config.config_path(None)
+
+
 def test_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
     logs.setup(["hunter2-token"], "test")
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed with %s", ("hunter2-token",), None)
     logs.redactor.filter(record)
     assert record.getMessage() == "failed with " + logs.MASK
+
+
+def test_reload_rereads_file_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "pkrelay.toml"
+    path.write_text('[[systems]]\nname = "home"\n')
+    live = config.LiveSettings(path, config.load(path, {}))
+    path.write_text('[[systems]]\nname = "home"\n[[systems]]\nname = "new"\nsigning_token = "file:new.token"\n')
+    with pytest.raises(config.ConfigError, match="systems.1.signing_token"):
+        live.reload()  # pasted the system before the token: the old config stays
+    assert not live.changed()
+    (tmp_path / "new.token").write_text("first\n")
+    assert live.changed()  # the token file is watched too
+    live.reload()
+    assert live.current.systems[1].signing_token.reveal() == "first"
+    (tmp_path / "new.token").write_text("second-and-longer\n")
+    assert live.changed()
+    live.reload()
+    assert live.current.systems[1].signing_token.reveal() == "second-and-longer"
 
 
 def test_reload_takes_new_systems_and_keeps_the_old_config_on_error(tmp_path: Path) -> None:

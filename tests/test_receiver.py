@@ -8,14 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pkrelay import queue
-from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_system_id, new_token, sample_events
 from tests.harness import Deployment, write_config
+from tests.servers import ThreadedServer
 
 
 @pytest.fixture
@@ -100,6 +102,10 @@ def _bad_bodies(token: str, system_id: str) -> dict[str, tuple[bytes, int]]:
         "member field of the wrong type": (body("UPDATE_MEMBER", token, system_id, member, {"name": 42}), 400),
         "unknown type with non-object data": (body("NEW_THING", token, system_id, None, [1, 2]), 400),
         "oversized": (body("UPDATE_MEMBER", token, system_id, member, {"description": "x" * 300_000}), 413),
+        "not UTF-8": (body("UPDATE_MEMBER", token, system_id, member, {"name": "x"}).replace(b'"x"', b'"\xff\xfe"'),
+                      400),
+        "nested 1,000 deep": (body("NEW_THING", token, system_id, None, None).replace(
+            b'"data":null', b'"data":' + b"[" * 1000 + b"]" * 1000), 400),
     }
 
 
@@ -125,6 +131,39 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
     await deployment.work()
     assert await deployment.logged() == []
     assert list((tmp_path / "data" / "spool").iterdir()) == []
+
+
+def test_a_large_body_hears_its_413_over_a_real_connection(deployment: Deployment) -> None:
+    """1 MiB sent in full (and chunked): the client reads the 413, its connection is not reset."""
+    port = free_port()
+    server = ThreadedServer(deployment.app(), port)
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            whole = http.post("/dispatch", content=b"x" * 1024 * 1024)
+            assert whole.status_code == 413 and "max_body_bytes" in whole.json()["error"]
+            chunked = http.post("/dispatch", content=iter([b"y" * 65536] * 16))  # no Content-Length
+            assert chunked.status_code == 413
+            assert http.get("/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_a_refused_dispatch_warns_with_a_hint_but_not_too_often(
+    dispatcher: FakeDispatcher, system_creds: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    wrong = new_token()
+    for _ in range(20):  # a stranger, or an owner who has not pasted the token yet
+        response = await dispatcher.send(body("UPDATE_SYSTEM", wrong, system_creds["system_id"], None, {"name": "x"}))
+        assert response.status_code == 401
+    await dispatcher.send(body("UPDATE_SYSTEM", None, system_creds["system_id"], None, {"name": "x"}))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one per reason per 10 s
+    assert "matches no configured system" in warnings[0] and "signing_token" in warnings[0]
+    assert system_creds["system_id"] in warnings[0]
+    assert "no signing_token" in warnings[1]
+    assert wrong not in caplog.text and system_creds["signing_token"] not in caplog.text
 
 
 async def test_events_answered_while_redis_is_down_reach_the_log_once_it_is_back(

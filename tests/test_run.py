@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +112,69 @@ def test_run_restarts_a_crashed_embedded_redis(
     redis.kill()
     _wait_for(lambda: (r := _child(run, "valkey-server")) is not None and r.pid != redis.pid, 30, "Redis restart")
     _wait_for(lambda: ready(port), 30, "readiness after the Redis restart")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    """Ctrl-C, as a user stops it; the exit status must be 0. Its whole output."""
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    return proc.stdout.read().decode() if proc.stdout else ""
+
+
+def test_run_with_a_relative_data_dir_starts_from_anywhere(tmp_path: Path) -> None:
+    """The starter config's `data_dir = "./data"` is the config file's directory, wherever we start."""
+    port = free_port()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cfg = tmp_path / "etc" / "pkrelay.toml"
+    cfg.write_text(f'data_dir = "./data"\n[server]\nport = {port}\n[pluralkit]\napi_base_url = "http://127.0.0.1:9/v2"\n')
+    with pkrelay_run(cfg, port, output=subprocess.PIPE, cwd=tmp_path / "elsewhere") as proc:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        _stop(proc)
+    assert (tmp_path / "etc" / "data" / "pkrelay.db").exists()
+    assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+def test_idle_run_is_quiet_and_starts_with_one_summary(
+    tmp_path: Path, system_creds: dict[str, str], fake_pk: FakePluralKit
+) -> None:
+    port = free_port()
+    sink = '\n[[sinks]]\nname = "ha-front"\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**system_creds, "mode": "webhook"}],
+                       extra=f"\n[server]\nport = {port}\n{sink}", api_base_url=fake_pk.base_url)
+    with pkrelay_run(cfg, port, output=subprocess.PIPE) as proc:
+        time.sleep(5)  # a window to count lines in, not a wait for a condition
+        output = _stop(proc)
+    lines = output.splitlines()
+    # The summary (6 lines), "received SIGINT", "stopped"; before: ~4 lines a second.
+    assert len(lines) <= 10, output
+    assert f"config: {cfg}" in output and f"data directory: {tmp_path / 'data'}" in output
+    assert "home (webhook; signing token set, API token set)" in output
+    assert "sinks: ha-front" in output
+    assert "dispatch URL: unknown, server.public_url is not set" in output
+    assert system_creds["signing_token"] not in output and system_creds["api_token"] not in output
+
+
+def test_a_second_run_on_the_same_data_dir_stops_at_once(
+    running: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, _, cfg = running
+    marker = cfg.parent / "data" / "redis" / "url"
+    url = marker.read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+    second = subprocess.run([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0
+    assert f"another pkrelay run (pid {proc.pid}) is using" in second.stderr
+    assert marker.read_text() == url  # the running one's embedded server is still the one named
+
+
+def test_run_stops_with_a_reason_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], extra=f"\n[server]\nport = {port}\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
+        done = subprocess.run([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "stopping" in done.stderr

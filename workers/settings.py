@@ -19,7 +19,7 @@ from workers.resources import CTX_KEY, Resources
 from workers.retention import prune_events
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
-# 2-minute redelivery guarantee of SPEC.md needs job_timeout well under 110 s.
+# 2-minute redelivery guarantee (docs/contract.md) needs job_timeout well under 110 s.
 JOB_TIMEOUT_S = 60
 
 

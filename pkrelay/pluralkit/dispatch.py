@@ -1,4 +1,4 @@
-"""Dispatch webhooks as PluralKit sends them (PLURALKIT.md "Dispatch webhooks").
+"""Dispatch webhooks as PluralKit sends them (docs/pluralkit.md, "Dispatch webhooks").
 
 The envelope is decoded first with `data` left raw, then `data` by type: a closed
 tagged union would reject the event types PluralKit adds over time, and those must

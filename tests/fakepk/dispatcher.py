@@ -45,7 +45,7 @@ def body(event_type: str, token: str | None, system_id: str | None, entity_id: s
 
 
 def sample_events(token: str, system_id: str) -> list[tuple[str, bytes]]:
-    """One body of every type PLURALKIT.md lists, as the sender would build it."""
+    """One body of every type PluralKit sends (docs/pluralkit.md), as the sender would build it."""
     member = {
         "id": "abcde", "uuid": MEMBER_ID, "system": "exmpl", "name": "Alex", "display_name": None,
         "color": "ff00aa", "birthday": "0004-03-15", "pronouns": "they/them", "avatar_url": None,
