@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pkrelay import config, db, logs, queue
+from pkrelay import config, db, logs, queue, startup
 
 log = logging.getLogger("pkrelay")
 
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pkrelay.supervisor import Supervisor
 
     path, settings = _load(args, "run")
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, None)
     return Supervisor(settings, path).run()
 
 
@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     path, settings = _load(args, "receiver")
     redis_url = _need_redis(settings, "serve")
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, None)  # not Redis: while it is down, the receiver spools
     app = create_app(config.LiveSettings(path, settings), redis_url)
     uvicorn.run(
         app, host=settings.server.host, port=settings.server.port,
@@ -71,7 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     path, settings = _load(args, "worker")
     redis_url = _need_redis(settings, "worker")
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, redis_url)
     metrics.serve(settings)
     Worker(**worker_settings(config.LiveSettings(path, settings), redis_url)).run()
     return 0
@@ -79,7 +79,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     _, settings = _load(args, "migrate")
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, None)
     print("database schema is up to date")
     return 0
 
@@ -192,5 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
         return 2
+    except startup.StartupError as exc:
+        print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
