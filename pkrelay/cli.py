@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pkrelay import config, db, logs, queue, startup
+from pkrelay.redis_server import RedisServerError
 
 log = logging.getLogger("pkrelay")
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
         return 2
-    except startup.StartupError as exc:
+    except (startup.StartupError, RedisServerError) as exc:
         print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -59,9 +59,10 @@ def pkrelay_process(command: str, config: Path, output: Any = subprocess.DEVNULL
 
 
 @contextmanager
-def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
+def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL,
+                **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """`pkrelay run --config config` until it answers /readyz; SIGTERM on the way out."""
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=clean_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=clean_env(**env),
                             stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
