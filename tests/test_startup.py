@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from pkrelay import db
+from pkrelay import db, startup
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
 from tests.harness import until, write_config
@@ -103,3 +103,24 @@ def test_a_mistake_waiting_would_not_fix_fails_at_once(tmp_path: Path, pg_cluste
     proc = pkrelay_process("migrate", cfg, subprocess.PIPE)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0 and "retrying" not in out and "InvalidCatalogNameError" in out
+
+
+async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
+    """One image runs every role: its HEALTHCHECK asks a receiver's /healthz and a worker's
+    /metrics, reading the role and --config from the main process's command line."""
+    port, metrics_port = free_port(), free_port()
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [],
+                       extra=f'\n[server]\nport = {port}\nworker_metrics_port = {metrics_port}\n'
+                             f'\n[redis]\nurl = "{redis_server.url}"\n')
+    procs = {name: pkrelay_process(name, cfg) for name in ("serve", "worker")}
+    cmdlines = {name: Path(f"/proc/{proc.pid}/cmdline") for name, proc in procs.items()}
+    saved = {name: tmp_path / f"{name}.cmdline" for name in procs}
+    try:
+        for name, cmdline in cmdlines.items():
+            await until(lambda: asyncio.to_thread(lambda: startup.health(cmdline) is None), 60, f"{name} healthy")
+            saved[name].write_bytes(cmdline.read_bytes())
+    finally:
+        _stop(*procs.values())
+    assert startup.health(saved["serve"]) == f"http://127.0.0.1:{port}/healthz does not answer (ConnectError)"
+    assert startup.health(saved["worker"]) == \
+        f"http://127.0.0.1:{metrics_port}/metrics does not answer (ConnectError)"
