@@ -27,7 +27,8 @@ FROM ${PYTHON}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends redis-server \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home pkrelay \
+    && groupadd --system --gid 10001 pkrelay \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin pkrelay \
     && mkdir -p /data /config \
     && chown pkrelay:pkrelay /data
 COPY --from=build /opt/pkrelay /opt/pkrelay
