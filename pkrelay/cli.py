@@ -13,7 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from pkrelay import config, db, logs, queue
+from pkrelay import config, db, logs, queue, startup
+from pkrelay.redis_server import RedisServerError
 
 log = logging.getLogger("pkrelay")
 
@@ -73,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pkrelay serve: cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
               "(another program, or another pkrelay, uses it; set server.port)", file=sys.stderr)
         return EXIT_CANNOT_BIND
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, None)  # not Redis: while it is down, the receiver spools
     app = create_app(config.LiveSettings(path, settings), redis_url)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, access_log=False, log_config=None, server_header=False,
@@ -91,7 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     path, settings = _load(args, "worker")
     redis_url = _need_redis(settings, "worker")
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, redis_url)
     metrics.serve(settings)
     Worker(**worker_settings(config.LiveSettings(path, settings), redis_url)).run()
     return 0
@@ -99,7 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     _, settings = _load(args, "migrate")
-    asyncio.run(db.migrate_url(settings.database_url))
+    startup.prepare(settings, None)
     print("database schema is up to date")
     return 0
 
@@ -283,5 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (startup.StartupError, RedisServerError) as exc:
+        print(f"pkrelay {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

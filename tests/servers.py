@@ -45,12 +45,24 @@ def ready(port: int) -> bool:
         return False
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without pkrelay's own variables, so only the test's config applies."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    return {**env, **extra}
+
+
+def pkrelay_process(command: str, config: Path, output: Any = subprocess.DEVNULL,
+                    **env: str) -> subprocess.Popen[bytes]:
+    """`pkrelay COMMAND --config config` as its own process (serve, worker, migrate...)."""
+    return subprocess.Popen([sys.executable, "-m", "pkrelay", command, "--config", str(config)],
+                            env=clean_env(**env), stdout=output, stderr=subprocess.STDOUT)
+
+
 @contextmanager
 def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL,
-                cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+                cwd: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """`pkrelay run --config config` until it answers /readyz; SIGTERM on the way out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=clean_env(**env),
                             stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         deadline = time.monotonic() + 30

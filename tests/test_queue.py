@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until, write_config
+from tests.servers import pkrelay_process
 from tests.sink_server import Received, SinkServer
 
 
@@ -74,9 +73,7 @@ async def _split(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, cred
 
 
 def _worker(cfg: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    return subprocess.Popen([sys.executable, "-m", "pkrelay", "worker", "--config", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return pkrelay_process("worker", cfg)
 
 
 async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_minutes(

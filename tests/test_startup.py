@@ -1,0 +1,126 @@
+"""Start-up beside services that are not up yet: retry with a clear line, migrate once."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from pkrelay import db, startup
+from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests import postgres
+from tests.harness import until, write_config
+from tests.servers import pkrelay_process
+
+NOT_YET = "database not reachable yet (ConnectionRefusedError), retrying in"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _schema_version(url: str) -> str | None:
+    engine = db.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+    finally:
+        await engine.dispose()
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+
+@pytest.mark.skipif(bool(postgres.unavailable_reason()), reason=postgres.unavailable_reason() or "")
+async def test_serve_and_worker_wait_for_a_postgresql_that_starts_late(tmp_path: Path,
+                                                                       redis_server: EmbeddedRedis) -> None:
+    """The first `docker compose up`: PostgreSQL is still initialising when pkrelay starts."""
+    cluster = postgres.Cluster()  # its port is chosen, nothing listens there yet
+    port, metrics_port = free_port(), free_port()
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], database_url=cluster.url(),
+                       extra=f'\n[server]\nport = {port}\nworker_metrics_port = {metrics_port}\n'
+                             f'\n[redis]\nurl = "{redis_server.url}"\n')
+    logs = {name: tmp_path / f"{name}.log" for name in ("serve", "worker")}
+    procs = [pkrelay_process(name, cfg, log.open("wb")) for name, log in logs.items()]
+    try:
+        for name, log in logs.items():
+            await until(lambda: asyncio.sleep(0, NOT_YET in log.read_text()), 30, f"{name} to say it waits")
+        cluster.start()
+        await until(lambda: asyncio.to_thread(_answers, f"http://127.0.0.1:{port}/readyz"), 60, "the receiver")
+        await until(lambda: asyncio.to_thread(_answers, f"http://127.0.0.1:{metrics_port}/metrics"), 60,
+                    "the worker")
+        assert all(proc.poll() is None for proc in procs)
+        assert await _schema_version(cluster.url())
+    finally:
+        _stop(*procs)
+        cluster.stop()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_concurrent_migrators_on_a_fresh_database_all_succeed(tmp_path: Path, backend: str,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """Every replica migrates on start; they take turns instead of racing."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else ""
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], database_url=url)
+    procs = [pkrelay_process("migrate", cfg, subprocess.PIPE) for _ in range(3)]
+    outputs = [proc.communicate(timeout=60)[0].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    assert all("database schema is up to date" in out for out in outputs)
+    assert asyncio.run(_schema_version(url or f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pkrelay.db'}"))
+
+
+def test_a_database_that_never_comes_gives_one_line_after_the_wait(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [],
+                       database_url=f"postgresql+asyncpg://pkrelay:hunter2secret@127.0.0.1:{port}/pkrelay",
+                       extra="\n[server]\nstartup_wait_s = 2\n")
+    started = time.monotonic()
+    proc = pkrelay_process("migrate", cfg, subprocess.PIPE)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 1
+    assert 1.5 < time.monotonic() - started < 30
+    assert out.count(NOT_YET) >= 2  # one WARNING line per attempt
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("pkrelay migrate: database not reachable after 2 s (ConnectionRefusedError")
+    assert "Traceback" not in out and "hunter2secret" not in out
+
+
+@pytest.mark.skipif(bool(postgres.unavailable_reason()), reason=postgres.unavailable_reason() or "")
+def test_a_mistake_waiting_would_not_fix_fails_at_once(tmp_path: Path, pg_cluster: postgres.Cluster) -> None:
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], database_url=pg_cluster.url("no_such_db"))
+    proc = pkrelay_process("migrate", cfg, subprocess.PIPE)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0 and "retrying" not in out and "InvalidCatalogNameError" in out
+
+
+async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
+    """One image runs every role: its HEALTHCHECK asks a receiver's /healthz and a worker's
+    /metrics, reading the role and --config from the main process's command line."""
+    port, metrics_port = free_port(), free_port()
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [],
+                       extra=f'\n[server]\nport = {port}\nworker_metrics_port = {metrics_port}\n'
+                             f'\n[redis]\nurl = "{redis_server.url}"\n')
+    procs = {name: pkrelay_process(name, cfg) for name in ("serve", "worker")}
+    cmdlines = {name: Path(f"/proc/{proc.pid}/cmdline") for name, proc in procs.items()}
+    saved = {name: tmp_path / f"{name}.cmdline" for name in procs}
+    try:
+        for name, cmdline in cmdlines.items():
+            await until(lambda: asyncio.to_thread(lambda: startup.health(cmdline) is None), 60, f"{name} healthy")
+            saved[name].write_bytes(cmdline.read_bytes())
+    finally:
+        _stop(*procs.values())
+    assert startup.health(saved["serve"]) == f"http://127.0.0.1:{port}/healthz does not answer (ConnectError)"
+    assert startup.health(saved["worker"]) == \
+        f"http://127.0.0.1:{metrics_port}/metrics does not answer (ConnectError)"
