@@ -248,12 +248,14 @@ class MqttConnection:
             for member in sensed:
                 await self._retain(t.fronting(member["id"]), b"ON" if member.get("uuid") in fronting else b"OFF")
             await self._retain(t.front, ha.front_state(fronters).encode())
-            described = msgspec.json.encode([ha.describe(m) for m in fronters])
-            redis = self.resources.redis
-            before = await redis.set(keys.mqtt(sink.key, system_id, "front"), described, get=True)
-            if switched and before != described:
-                previous = msgspec.json.decode(before) if before else []
-                await self.publish(t.switch, msgspec.json.encode(ha.switch_event(previous, fronters)))
+            if switched:
+                # The front of the last switch event, swapped atomically: one event per
+                # change, however many deliveries or workers publish it.
+                described = msgspec.json.encode([ha.describe(m) for m in fronters])
+                before = await self.resources.redis.set(keys.mqtt(sink.key, system_id, "front"), described, get=True)
+                if before != described:
+                    previous = msgspec.json.decode(before) if before else []
+                    await self.publish(t.switch, msgspec.json.encode(ha.switch_event(previous, fronters)))
 
     async def _discover(self, system_id: str, t: ha.Topics, cmps: dict[str, dict[str, Any]]) -> None:
         """The device config; components announced before and gone now are listed
