@@ -136,9 +136,32 @@ class WebhookSink(_Sink, tag="webhook", kw_only=True):
     secret: Secret = msgspec.field(default_factory=Secret)
 
 
+# Events that change what an MQTT sink keeps retained (the front, a fronter's look,
+# which members have a sensor): the sink sees them whatever its `events` filter says.
+MQTT_STATE_EVENTS = frozenset({
+    "CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DELETE_ALL_SWITCHES",
+    "CREATE_MEMBER", "UPDATE_MEMBER", "DELETE_MEMBER", "UPDATE_SYSTEM", "SUCCESSFUL_IMPORT",
+})
+
+
 class MqttSink(_Sink, tag="mqtt", kw_only=True):
     topic_prefix: str = "pkrelay"
     homeassistant_discovery: bool = True
+    # Per-member "fronting" binary sensors: none, "all", or these member names/ids.
+    members: list[str] | Literal["all"] = msgspec.field(default_factory=list)
+    # Retained front state and the switch event wait for this long without a switch
+    # (at most 10x as long in all); events/<TYPE> stay immediate.
+    front_debounce_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0
+
+    def wants(self, event_type: str, system: str) -> bool:
+        """`events` filters the events/<TYPE> topics only: the retained state is state,
+        so the events that change it are delivered to this sink in any case."""
+        return super().wants(event_type, system) or (
+            event_type in MQTT_STATE_EVENTS and (self.systems is None or system in self.systems))
+
+    def publishes(self, event_type: str) -> bool:
+        """Whether the event goes out on events/<TYPE>."""
+        return self.events is None or event_type in self.events
 
 
 Sink = WebhookSink | MqttSink

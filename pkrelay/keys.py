@@ -56,3 +56,11 @@ def rate_limit(scope: str, token_hash: str) -> tuple[str, str]:
     """The limiter's sliding log of one (scope, token) and its pause flag."""
     base = f"{PREFIX}:rl:{scope}:{token_hash}"
     return base, base + ":pause"
+
+
+def mqtt(sink: str, system_id: str, what: Literal["front", "components", "migrated", "debounce"]) -> str:
+    """An MQTT sink's memory of a system, shared by its workers: the fronters it last
+    published (so a switch event fires once), the discovery components it ever
+    announced (so removed ones are cleared), whether the pre-device-discovery config
+    was migrated, and the burst of switches it is waiting out."""
+    return f"{PREFIX}:mqtt:{sink}:{system_id}:{what}"

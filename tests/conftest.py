@@ -12,7 +12,7 @@ from tests import postgres
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import new_token
 from tests.harness import Deployment, write_config
-from tests.mqtt_broker import Broker
+from tests.mqtt_broker import MOSQUITTO, Broker, Mosquitto
 
 
 @pytest.fixture
@@ -70,10 +70,12 @@ async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: 
     return dep
 
 
-@pytest.fixture
-def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A real MQTT broker process (amqtt) on a free port."""
-    broker = Broker(tmp_path / "mqtt")
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def mqtt_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """A real MQTT broker process on a free port: amqtt, and Mosquitto where installed."""
+    if request.param == "mosquitto" and MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    broker = (Mosquitto if request.param == "mosquitto" else Broker)(tmp_path / "mqtt")
     broker.start()
     yield broker
     broker.stop()

@@ -1,7 +1,9 @@
-"""A real MQTT broker process for the tests: amqtt (pure Python, from PyPI)."""
+"""Real MQTT broker processes for the tests: amqtt (pure Python, from PyPI) and
+Mosquitto (Debian's `mosquitto`, the broker Home Assistant's add-on runs)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,8 +12,16 @@ from pathlib import Path
 
 from pkrelay.redis_server import die_with_parent, free_port
 
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+
 
 class Broker:
+    """One broker on a free port, without persistence: a restart forgets every
+    retained message, as a broker without a persistence file does."""
+
+    kind = "amqtt"
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
@@ -21,16 +31,18 @@ class Broker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
         config = self.directory / "amqtt.yaml"
         config.write_text(
             f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
             "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
         )
-        amqtt = Path(sys.executable).parent / "amqtt"
-        self.process = subprocess.Popen([str(amqtt), "-c", str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        return [str(Path(sys.executable).parent / "amqtt"), "-c", str(config)]
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -39,7 +51,7 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError("the MQTT broker did not start")
+        raise RuntimeError(f"the MQTT broker ({self.kind}) did not start")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -50,3 +62,17 @@ class Broker:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Mosquitto(Broker):
+    kind = "mosquitto"
+
+    def command(self) -> list[str]:
+        assert MOSQUITTO is not None
+        config = self.directory / "mosquitto.conf"
+        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        return [MOSQUITTO, "-c", str(config)]

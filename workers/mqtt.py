@@ -1,17 +1,31 @@
-"""MQTT sinks: events at QoS 1, retained front state, Home Assistant discovery.
+"""MQTT sinks: events at QoS 1, retained state from the first second, Home Assistant discovery.
 
-One connection per sink per worker process, opened on first use. A publish that
-fails drops the connection and raises MqttUnavailable; the delivery job then retries
-with backoff (deliveries.RetryPolicy), which is the reconnect backoff too, so nothing
-is lost while the broker is down.
+Each worker process keeps one connection per MQTT sink for its whole life, opened at
+start-up (`Resources.open_sinks`) and reconnected with backoff. On every connect it
+publishes `{prefix}/status` = `online` (its last will, retained, says `offline`),
+then discovery and the current state of every system the sink covers, from the state
+store; it does so again when Home Assistant announces itself (`homeassistant/status`
+= `online`). Deliveries publish the event on `events/<TYPE>` (if the sink's `events`
+filter lets it through) and, for the events that change it, the retained state.
+
+Several workers share `{prefix}/status`: each publishes the same retained state
+(idempotent), and a worker that sees `offline` there while it is itself connected
+(another worker's last will, or its clean stop) says `online` again at once, so the
+entities go unavailable only when no worker is left.
+
+A publish that fails raises MqttUnavailable; the delivery job then retries with
+backoff (deliveries.RetryPolicy), so no event is lost while the broker is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
+import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -19,9 +33,11 @@ from urllib.parse import urlparse
 import aiomqtt
 import msgspec
 
-from pkrelay.config import MqttSink
-from pkrelay.envelope import Event
+from pkrelay import keys
+from pkrelay.config import MQTT_STATE_EVENTS, MqttSink, SystemConfig
 from pkrelay.pluralkit.errors import PluralKitError
+from pkrelay.retry import Backoff
+from workers import homeassistant as ha
 from workers import privacy, state
 from workers.fetch import as_data
 from workers.sinks import DeliveryFailed, Outgoing
@@ -30,139 +46,330 @@ from workers.state import Kind
 if TYPE_CHECKING:
     from workers.resources import Resources
 
+log = logging.getLogger("pkrelay.mqtt")
+
 TIMEOUT = 10.0
-FRONT_TYPES = frozenset({"CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DELETE_ALL_SWITCHES"})
+CONNECT_WAIT = 3.0  # a delivery waits this long for a connection being opened, then retries later
+KEEPALIVE = 15  # the broker sends the last will this long (x1.5) after a silent link
+RECONNECT = Backoff(base=0.5, cap=30.0)
+SWITCH_TYPES = frozenset({"CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DELETE_ALL_SWITCHES"})
 
 
 class MqttUnavailable(Exception):
     """The broker could not be reached or did not acknowledge in time."""
 
 
-def front_attributes(fronters: list[dict[str, Any]]) -> dict[str, Any]:
-    """What Home Assistant shows beside the sensor: the first fronter's look, everyone's names."""
-    first = fronters[0] if fronters else {}
-    color = first.get("color")
-    return {
-        "id": first.get("id"), "uuid": first.get("uuid"), "name": first.get("name"),
-        "display_name": first.get("display_name"), "color": f"#{color}" if color else None,
-        "avatar_url": first.get("avatar_url"),
-        "fronters": [m.get("display_name") or m.get("name") or m.get("uuid") for m in fronters],
-    }
-
-
-def discovery_config(prefix: str, short_id: str) -> dict[str, Any]:
-    base = f"{prefix}/{short_id}/front"
-    return {
-        "name": "Current fronter",
-        "unique_id": f"pkrelay_{short_id}_front",
-        "object_id": f"pkrelay_{short_id}_front",
-        "state_topic": base,
-        "json_attributes_topic": f"{base}/attributes",
-        "icon": "mdi:account-switch",
-        "device": {"identifiers": [f"pkrelay_{short_id}"], "name": f"PluralKit system {short_id}",
-                   "manufacturer": "pkrelay"},
-    }
-
-
 class MqttConnection:
-    def __init__(self, sink: MqttSink) -> None:
-        self.sink = sink
+    """One sink's broker connection in this process, with what it has published."""
+
+    def __init__(self, sink: MqttSink, resources: Resources) -> None:
+        self._sink = sink
+        self.resources = resources
         self._client: aiomqtt.Client | None = None
-        self._announced: set[str] = set()
-        self._connecting = asyncio.Lock()  # concurrent deliveries share one connection
+        self._up = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._settling: dict[str, tuple[str, asyncio.Task[None]]] = {}  # system id -> (name, task)
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Retained payloads as last sent on this connection: an unchanged one is not
+        # sent again (one discovery config, not one per switch). Marked before the
+        # publish, since deliveries run concurrently; forgotten on failure and on reconnect.
+        self._sent: dict[str, bytes] = {}
 
-    async def _connected(self) -> aiomqtt.Client:
-        async with self._connecting:
-            return self._client or await self._connect()
+    @property
+    def sink(self) -> MqttSink:
+        """The sink as the running config has it (members and debounce may change)."""
+        current = self.resources.settings.sink(self._sink.key)
+        return current if isinstance(current, MqttSink) else self._sink
 
-    async def _connect(self) -> aiomqtt.Client:
-        url = urlparse(self.sink.url)
+    @property
+    def status_topic(self) -> str:
+        return f"{self._sink.topic_prefix}/status"
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=f"mqtt {self._sink.key}")
+
+    def _client_for(self) -> aiomqtt.Client:
+        url = urlparse(self._sink.url)
         tls = ssl.create_default_context() if url.scheme == "mqtts" else None
-        client = aiomqtt.Client(
+        return aiomqtt.Client(
             url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
-            username=url.username, password=url.password, tls_context=tls, timeout=TIMEOUT,
-            identifier=f"pkrelay-{socket.gethostname()}-{os.getpid()}-{self.sink.key}",
+            username=url.username, password=url.password, tls_context=tls, timeout=TIMEOUT, keepalive=KEEPALIVE,
+            identifier=f"pkrelay-{socket.gethostname()}-{os.getpid()}-{self._sink.key}",
+            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
         )
-        try:
-            await client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise MqttUnavailable(f"cannot connect: {exc}") from None
-        self._client, self._announced = client, set()
-        return client
 
-    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        client = await self._connected()
+    async def _run(self) -> None:
+        """Stay connected: announce on each connect, answer Home Assistant's birth."""
+        failures = 0
+        while not self._closing:
+            try:
+                async with self._client_for() as client:
+                    failures = 0
+                    await client.subscribe(ha.BIRTH_TOPIC, qos=1)
+                    await client.subscribe(self.status_topic, qos=1)
+                    await client.publish(self.status_topic, b"online", qos=1, retain=True, timeout=TIMEOUT)
+                    self._sent, self._client = {}, client
+                    self._up.set()
+                    log.info("connected to MQTT sink %s", self._sink.key)
+                    self._spawn(self.announce())
+                    async for message in client.messages:
+                        await self._received(client, message)
+            except aiomqtt.MqttError as exc:
+                if not self._closing:
+                    log.warning("MQTT sink %s: %s", self._sink.key, exc)
+            finally:
+                self._up.clear()
+                self._client = None
+            failures += 1
+            await asyncio.sleep(RECONNECT.delay(failures))
+
+    async def _received(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+        if message.topic.matches(ha.BIRTH_TOPIC) and payload == b"online":
+            log.info("Home Assistant came online: announcing again on MQTT sink %s", self._sink.key)
+            self._sent = {}
+            self._spawn(self.announce())
+        elif message.topic.matches(self.status_topic) and payload == b"offline" and not self._closing:
+            # Another worker's last will (or clean stop); this one is still here.
+            await client.publish(self.status_topic, b"online", qos=1, retain=True, timeout=TIMEOUT)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        try:
+            await asyncio.wait_for(self._up.wait(), CONNECT_WAIT)
+        except TimeoutError:
+            raise MqttUnavailable("not connected to the broker") from None
+        client = self._client
+        if client is None:
+            raise MqttUnavailable("not connected to the broker")
         try:
             await client.publish(topic, payload, qos=1, retain=retain, timeout=TIMEOUT)
         except aiomqtt.MqttError as exc:
-            await self.close()
             raise MqttUnavailable(f"publish to {topic} failed: {exc}") from None
 
-    async def publish_event(self, short_id: str, event_type: str, body: bytes) -> None:
-        await self._publish(f"{self.sink.topic_prefix}/{short_id}/events/{event_type}", body)
+    async def _retain(self, topic: str, payload: bytes) -> None:
+        """A retained publish, skipped when this connection already sent exactly that."""
+        if self._sent.get(topic) == payload:
+            return
+        self._sent[topic] = payload
+        try:
+            await self.publish(topic, payload, retain=True)
+        except MqttUnavailable:
+            self._sent.pop(topic, None)
+            raise
 
-    async def publish_front(self, short_id: str, fronters: list[dict[str, Any]]) -> None:
-        prefix = f"{self.sink.topic_prefix}/{short_id}"
-        if self.sink.homeassistant_discovery and short_id not in self._announced:
-            # Marked first: deliveries run concurrently and each would announce. A failed
-            # publish drops the connection, and the next one starts with nothing announced.
-            self._announced.add(short_id)
-            config = discovery_config(self.sink.topic_prefix, short_id)
-            await self._publish(f"homeassistant/sensor/pkrelay_{short_id}/front/config",
-                                msgspec.json.encode(config), retain=True)
-        first = fronters[0] if fronters else {}
-        await self._publish(f"{prefix}/fronters", msgspec.json.encode(fronters), retain=True)
-        await self._publish(f"{prefix}/front/attributes", msgspec.json.encode(front_attributes(fronters)),
-                            retain=True)
-        await self._publish(f"{prefix}/front", (first.get("display_name") or first.get("name") or "").encode(),
-                            retain=True)
+    # -- what is published ---------------------------------------------------------
+
+    async def announce(self) -> None:
+        """Discovery and state of every system this sink covers (on connect, on birth)."""
+        sink = self.sink
+        for configured in self.resources.settings.systems:
+            if sink.systems is not None and configured.name not in sink.systems:
+                continue
+            try:
+                system_id = configured.system_id or await self._own_id(configured)
+                if system_id:
+                    await self.publish_state(system_id, configured.name)
+            except (MqttUnavailable, PluralKitError) as exc:
+                log.warning("MQTT sink %s: state of %s not published: %s", sink.key, configured.name, exc)
+            except Exception:
+                log.exception("MQTT sink %s: state of %s not published", sink.key, configured.name)
+
+    async def _own_id(self, configured: SystemConfig) -> str | None:
+        """A system configured without its id: its token knows it."""
+        if not configured.api_token:
+            return None
+        system = as_data(await self.resources.client(configured).system("@me"))
+        await self._store(system["uuid"], [state.Put(Kind.SYSTEM, system["uuid"], system, datetime.now(UTC))])
+        return str(system["uuid"])
+
+    async def _store(self, system_id: str, writes: list[state.Write]) -> None:
+        async with self.resources.engine.begin() as conn:
+            await state.apply(conn, system_id, writes)
+
+    async def _load(self, system_id: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The system, its fronters (each as its member record is now) and its members,
+        from the store; a system the store does not know yet is fetched once."""
+        engine = self.resources.engine
+        async with engine.connect() as conn:
+            system = await state.get(conn, Kind.SYSTEM, system_id)
+            front = await state.get(conn, Kind.FRONTERS, system_id)
+            members = await state.all_of(conn, system_id, Kind.MEMBER)
+        if system is None:
+            system_data, front_data = await self._fetch(system_id, name)
+        else:
+            system_data, front_data = system.data, front.data if front else None
+        listed = [m for m in (front_data or {}).get("members") or [] if isinstance(m, dict)]
+        fronters = [{**m, **members.get(str(m.get("uuid")), {})} for m in listed]
+        return system_data, fronters, list(members.values())
+
+    async def _fetch(self, system_id: str, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        configured = self.resources.settings.system(name)
+        if configured is None:
+            raise MqttUnavailable(f"system {name} is no longer configured")
+        client = self.resources.client(configured)
+        system = as_data(await client.system(system_id))
+        now = datetime.now(UTC)
+        writes: list[state.Write] = [state.Put(Kind.SYSTEM, system_id, system, now)]
+        try:
+            front = as_data(await client.fronters(system_id))
+        except PluralKitError as exc:  # a private front without a token: nobody, as far as we know
+            log.info("fronters of %s not fetched: %s", name, exc)
+            front = None
+        if front:
+            writes.append(state.Put(Kind.FRONTERS, system_id, front, now))
+        await self._store(system_id, writes)
+        return system, front
+
+    async def publish_state(self, system_id: str, name: str, switched: bool = False) -> None:
+        """Everything retained for one system; with `switched`, the switch event too
+        (once per change of front, whichever worker sees it first)."""
+        async with self._locks.setdefault(system_id, asyncio.Lock()):
+            sink = self.sink
+            system, fronters, members = await self._load(system_id, name)
+            if sink.public_only:
+                fronters = (privacy.public_switch({"members": fronters}, system) or {}).get("members") or []
+                members = [m for m in (privacy.public_member(m) for m in members) if m is not None]
+            t = ha.Topics(sink.topic_prefix, str(system["id"]))
+            sensed = ha.selected(members, sink.members) if sink.homeassistant_discovery else []
+            if sink.homeassistant_discovery:
+                await self._discover(system_id, t, ha.components(t, sensed))
+            fronting = {m.get("uuid") for m in fronters}
+            await self._retain(t.fronters, msgspec.json.encode(fronters))
+            await self._retain(t.attributes, msgspec.json.encode(ha.front_attributes(fronters)))
+            await self._retain(t.count, str(len(fronters)).encode())
+            for member in sensed:
+                await self._retain(t.fronting(member["id"]), b"ON" if member.get("uuid") in fronting else b"OFF")
+            await self._retain(t.front, ha.front_state(fronters).encode())
+            if switched:
+                # The front of the last switch event, swapped atomically: one event per
+                # change, however many deliveries or workers publish it.
+                described = msgspec.json.encode([ha.describe(m) for m in fronters])
+                before = await self.resources.redis.set(keys.mqtt(sink.key, system_id, "front"), described, get=True)
+                if before != described:
+                    previous = msgspec.json.decode(before) if before else []
+                    await self.publish(t.switch, msgspec.json.encode(ha.switch_event(previous, fronters)))
+
+    async def _discover(self, system_id: str, t: ha.Topics, cmps: dict[str, dict[str, Any]]) -> None:
+        """The device config; components announced before and gone now are listed
+        with only their platform, which makes Home Assistant remove them."""
+        redis = self.resources.redis
+        known_key = keys.mqtt(self.sink.key, system_id, "components")
+        known = {k.decode(): v.decode() for k, v in (await redis.hgetall(known_key)).items()}
+        removed = {cid: platform for cid, platform in known.items() if cid not in cmps}
+        config = msgspec.json.encode(ha.device_config(t, cmps, removed))
+        if self._sent.get(t.discovery) == config:
+            return
+        migrated_key = keys.mqtt(self.sink.key, system_id, "migrated")
+        legacy = not await redis.exists(migrated_key)
+        if legacy:
+            # Home Assistant's documented move to device discovery: unload the entity
+            # of the per-entity config (keeping its registry entry and entity id)...
+            await self.publish(t.legacy_discovery, b'{"migrate_discovery": true}')
+        await redis.hset(known_key, mapping={cid: c["p"] for cid, c in cmps.items()})
+        await self._retain(t.discovery, config)
+        if legacy:
+            # ...then, with the same discovery id now on the device, clear the old config.
+            await self.publish(t.legacy_discovery, b"", retain=True)
+            await redis.set(migrated_key, b"1")
+
+    # -- the front, waited out ------------------------------------------------------
+
+    async def state_changed(self, system_id: str, name: str, switch: bool) -> None:
+        """After an event that changes the retained state: publish now, or, while
+        switches come in bursts (`front_debounce_s`), once the front has settled."""
+        wait = self.sink.front_debounce_s
+        if not wait:
+            await self.publish_state(system_id, name, switched=switch)
+            return
+        redis = self.resources.redis
+        key = keys.mqtt(self.sink.key, system_id, "debounce")
+        if switch:
+            now = time.time()
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "first", now).hset(key, "last", now).expire(key, int(wait * 11) + 60)
+                await pipe.execute()
+        elif not await redis.exists(key):
+            await self.publish_state(system_id, name)  # nothing to wait out
+            return
+        _, task = self._settling.get(system_id, (name, None))
+        if task is None or task.done():
+            self._settling[system_id] = (name, asyncio.create_task(self._settle(system_id, name, key, wait)))
+
+    async def _settle(self, system_id: str, name: str, key: str, wait: float) -> None:
+        """Wait until no switch came for `wait` seconds (10x `wait` at most since the
+        first), then publish; the burst's times are in Redis, so any worker may finish it."""
+        redis = self.resources.redis
+        while True:
+            first, last = await redis.hmget(key, ["first", "last"])
+            if first is None or last is None:
+                return  # another worker published the settled front
+            delay = min(float(last) + wait, float(first) + 10 * wait) - time.time()
+            if delay <= 0:
+                break
+            await asyncio.sleep(delay)
+        await redis.delete(key)
+        try:
+            await self.publish_state(system_id, name, switched=True)
+        except (MqttUnavailable, PluralKitError) as exc:  # the next connect publishes it
+            log.warning("MQTT sink %s: settled front of %s not published: %s", self.sink.key, name, exc)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        """Clean stop: publish what is still being waited out, say `offline`, disconnect."""
+        self._closing = True
+        waiting = {s: name for s, (name, task) in self._settling.items() if not task.done()}
+        for _, task in self._settling.values():
+            task.cancel()
+        await asyncio.gather(*(t for _, t in self._settling.values()), *self._tasks, return_exceptions=True)
+        for system_id, name in waiting.items():
+            await self.resources.redis.delete(keys.mqtt(self._sink.key, system_id, "debounce"))
             try:
-                await client.__aexit__(None, None, None)
+                await self.publish_state(system_id, name, switched=True)
+            except (MqttUnavailable, PluralKitError) as exc:
+                log.warning("MQTT sink %s: front of %s not published at stop: %s", self._sink.key, name, exc)
+        if self._client is not None:
+            try:
+                await self._client.publish(self.status_topic, b"offline", qos=1, retain=True, timeout=TIMEOUT)
             except aiomqtt.MqttError:
                 pass
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
 
 
 class MqttSender:
-    """The event on its topic; after a switch, the retained front state too."""
+    """The event on its topic; for the events that change it, the retained state."""
 
     def __init__(self, sink: MqttSink, resources: Resources) -> None:
         self.sink = sink
         self.resources = resources
 
     async def send(self, outgoing: Outgoing) -> None:
+        event = outgoing.event
+        if not event.system_id:
+            raise DeliveryFailed("the event names no system, so it has no topic")
+        connection = self.resources.mqtt(self.sink)
         try:
-            await self._send(outgoing.event, outgoing.body, outgoing.system)
+            if self.sink.publishes(event.type):
+                short_id = await self._short_id(event.system_id, outgoing.system)
+                await connection.publish(ha.Topics(self.sink.topic_prefix, short_id).event(event.type), outgoing.body)
+            if event.type in MQTT_STATE_EVENTS:
+                await connection.state_changed(event.system_id, outgoing.system, switch=event.type in SWITCH_TYPES)
         except (MqttUnavailable, PluralKitError) as exc:
             raise DeliveryFailed(str(exc)) from None
 
-    async def _send(self, event: Event, body: bytes, system_name: str) -> None:
-        if not event.system_id:
-            raise MqttUnavailable("the event names no system, so it has no topic")
-        engine = self.resources.engine
-        async with engine.connect() as conn:
-            system = await state.get(conn, Kind.SYSTEM, event.system_id)
-            fronters = await state.get(conn, Kind.FRONTERS, event.system_id) if event.type in FRONT_TYPES else None
+    async def _short_id(self, system_id: str, name: str) -> str:
+        async with self.resources.engine.connect() as conn:
+            system = await state.get(conn, Kind.SYSTEM, system_id)
         if system is None:
-            system = await self._fetch_system(system_name, event.system_id)
-        connection = self.resources.mqtt(self.sink)
-        short_id = str(system.data["id"])
-        await connection.publish_event(short_id, event.type, body)
-        if event.type in FRONT_TYPES:
-            current = fronters.data if fronters else {"members": []}
-            if self.sink.public_only:
-                current = privacy.public_switch(current, system.data) or {"members": []}
-            await connection.publish_front(short_id, [m for m in current.get("members", []) if isinstance(m, dict)])
+            data, _ = await self.resources.mqtt(self.sink)._fetch(system_id, name)
+            return str(data["id"])
+        return str(system.data["id"])
 
-    async def _fetch_system(self, name: str, system_id: str) -> state.Stored:
-        """The topic needs the short id: one call, then stored."""
-        configured = self.resources.settings.system(name)
-        if configured is None:
-            raise MqttUnavailable(f"system {name} is no longer configured")
-        fetched = as_data(await self.resources.client(configured).system(system_id))
-        async with self.resources.engine.begin() as conn:
-            await state.apply(conn, system_id, [state.Put(Kind.SYSTEM, system_id, fetched, datetime.now(UTC))])
-        return state.Stored(fetched, None)

@@ -69,15 +69,25 @@ class Resources:
         return self._system_ids[key]
 
     def mqtt(self, sink: MqttSink) -> MqttConnection:
-        """One broker connection per sink per process, opened on first use."""
-        return self._mqtt.setdefault(sink.key, MqttConnection(sink))
+        """One broker connection per sink per process, kept open from its first use."""
+        if sink.key not in self._mqtt:
+            self._mqtt[sink.key] = MqttConnection(sink, self)
+            self._mqtt[sink.key].start()
+        return self._mqtt[sink.key]
+
+    def open_sinks(self) -> None:
+        """At start-up: connect every MQTT sink, so its retained state is there from the
+        first second (not from the first event)."""
+        for sink in self.settings.sinks:
+            if isinstance(sink, MqttSink):
+                self.mqtt(sink)
 
     async def aclose(self) -> None:
         if self.watcher is not None:
             self.watcher.cancel()
+        for connection in self._mqtt.values():  # first: a clean stop may still publish
+            await connection.close()
         for client in self._clients.values():
             await client.aclose()
-        for connection in self._mqtt.values():
-            await connection.close()
         await self.http.aclose()
         await self.engine.dispose()

@@ -35,6 +35,7 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
             http=httpx.AsyncClient(follow_redirects=False), retry_policy=retry_policy or RetryPolicy(),
             watcher=asyncio.create_task(live.watch(config_changed)),
         )
+        Resources.of(ctx).open_sinks()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await Resources.of(ctx).aclose()
