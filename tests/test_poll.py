@@ -184,9 +184,13 @@ async def test_polling_continues_when_the_polling_worker_is_killed(
 
     try:
         await until(baseline, 60, "the first poll's baseline")
+        # A slow API keeps each poll (and its lease) going for a while, so the test sees
+        # the lease held however loaded the machine is, instead of racing a short poll.
+        fake_pk.delay = 0.3
         holder = await until(lambda: redis.get(keys.poll("home", "lease")), 30, "a poll in progress")
         pid = int(holder.decode().split(":")[1])
         workers.pop(pid).kill()  # SIGKILL while it holds the lease: nothing released
+        fake_pk.delay = 0
         member["name"] = "Sal"
         logged = await until(lambda: _updates(dep), 60, "the survivor to poll the rename")
         assert [r.data for r in logged] == [{"name": "Sal"}]
