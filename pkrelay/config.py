@@ -395,7 +395,7 @@ def _line_of(text: str, path: list[str | int]) -> int | None:
                 table = [*name.split("."), counts[name]]
             else:
                 table = list(name.split("."))
-            if table == path or table[:-1] == path and isinstance(table[-1], int):
+            if table == path or (table[:-1] == path and isinstance(table[-1], int)):
                 return number
             continue
         key = _KEY.match(line)

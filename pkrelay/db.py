@@ -17,7 +17,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
-
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timestamp column that always reads back UTC-aware: PostgreSQL keeps the zone,
     SQLite hands back naive values, which pkrelay wrote in UTC."""

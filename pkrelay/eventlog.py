@@ -6,6 +6,7 @@ import asyncio
 import difflib
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -20,14 +21,14 @@ from pkrelay.pluralkit.dispatch import DATA_MODELS
 POLL_TYPES = ("UPDATE_GROUP_MEMBERS",)
 
 
-def row_to_event(row: sa.Row) -> Event:
+def row_to_event(row: sa.Row[Any]) -> Event:
     return Event(
         id=row.id, type=row.type, source=row.source, system_id=row.system_id, entity_id=row.entity_id,
         received_at=row.received_at, data=row.data, entity=row.entity, previous=row.previous,
     )
 
 
-def _matching(system: str | None, event_type: str | None) -> sa.Select:
+def _matching(system: str | None, event_type: str | None) -> sa.Select[Any]:
     """Events of a system (configured name or UUID) and type, when given."""
     t = db.events
     stmt = sa.select(t)

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-
 URL_FILE = "url"
 
 

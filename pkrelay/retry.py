@@ -20,7 +20,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """The wait before retry number `attempt` (1 for the first)."""
-        seconds = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        seconds = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
         return seconds * random.uniform(0.5, 1.0) if self.jitter else seconds
 
 

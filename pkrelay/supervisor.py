@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from pkrelay import __version__
-from pkrelay import db
+from pkrelay import __version__, db
 from pkrelay.cli import EXIT_CANNOT_BIND
 from pkrelay.config import Settings
 from pkrelay.redis_server import EmbeddedRedis, RedisServerError, die_with_parent, embedded_dir

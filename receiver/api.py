@@ -16,7 +16,7 @@ from pkrelay.envelope import Event
 from receiver.relay import Relay
 
 
-def admin_only(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
+def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
     """404 while no admin_token is set (the API is off), 401 without the right one."""
     token = connection.app.state.relay.live.current.server.admin_token
     if not token:
@@ -28,7 +28,7 @@ def admin_only(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
 
 @get("/events", summary="The event log, newest first")
 async def list_events(
-    request: Request,
+    request: Request[Any, Any, Any],
     system: Annotated[str | None, QueryParameter(description="system name or UUID")] = None,
     event_type: Annotated[str | None, QueryParameter(name="type", description="event type")] = None,
     since: Annotated[datetime | None, QueryParameter(description="ISO 8601 time")] = None,
@@ -39,7 +39,7 @@ async def list_events(
 
 
 @get("/systems", summary="Each system: mode, polling, webhook, last dispatch, last poll, API budget use")
-async def list_systems(request: Request) -> list[dict[str, Any]]:
+async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     relay: Relay = request.app.state.relay
     return await status.systems(relay.live.current, relay.engine, relay.redis)
 

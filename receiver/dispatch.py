@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
@@ -40,7 +41,7 @@ DRAIN_LIMIT = 16 * 1024 * 1024
 DRAIN_TIMEOUT_S = 10.0
 
 
-async def read_body(request: Request, limit: int) -> bytes | None:
+async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes | None:
     """The body, or None when it is longer than `limit` (by Content-Length or as sent)."""
     declared = request.headers.get("content-length", "")
     too_large = declared.isdigit() and int(declared) > limit
@@ -136,7 +137,7 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         description="200 once the event is durable (queued or spooled); 401 wrong token; 400 bad body; "
         "413 too large; 503 when neither the queue nor the spool can take it.",
     )
-    async def receive_dispatch(request: Request) -> Response[bytes]:
+    async def receive_dispatch(request: Request[Any, Any, Any]) -> Response[bytes]:
         relay: Relay = request.app.state.relay
         body = await read_body(request, relay.live.current.server.max_body_bytes)
         if body is None:

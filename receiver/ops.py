@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, Response, get
 from redis.exceptions import RedisError
 
@@ -16,7 +18,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="200 when Redis and the database answer, else 503 naming the one that failed")
-async def readyz(request: Request) -> Response[dict[str, str]]:
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
     relay: Relay = request.app.state.relay
     status = await relay.readiness()
     ready = all(v == "ok" for v in status.values())
@@ -24,7 +26,7 @@ async def readyz(request: Request) -> Response[dict[str, str]]:
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
-async def prometheus(request: Request) -> bytes:
+async def prometheus(request: Request[Any, Any, Any]) -> bytes:
     relay: Relay = request.app.state.relay
     try:
         metrics.QUEUE_DEPTH.set(await queue.depth(relay.redis))

@@ -63,8 +63,10 @@ class Spool:
             if not files:
                 self.pending = False
                 return moved
-            payloads = [f.read_bytes() for f in files]
-            items = [(f.name.removesuffix(SUFFIX), queue.decode(p).system, p) for f, p in zip(files, payloads)]
+            items = []
+            for f in files:
+                payload = f.read_bytes()
+                items.append((f.name.removesuffix(SUFFIX), queue.decode(payload).system, payload))
             await queue.enqueue(redis, items)
             for f in files:
                 f.unlink(missing_ok=True)

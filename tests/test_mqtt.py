@@ -137,7 +137,8 @@ async def test_a_switch_publishes_the_event_the_front_and_discovery(
     assert fired["event_type"] == "switch" and fired["fronters"] == ["Alex", "Sammy"] and fired["previous"] == []
 
     state = await subscribe([f"{t.base}/#", t.discovery, t.status])  # a newcomer gets the retained state
-    retained = await state.until(lambda g: {t.front, t.fronters, t.attributes, t.count, t.discovery, t.status} <= set(g))
+    wanted = {t.front, t.fronters, t.attributes, t.count, t.discovery, t.status}
+    retained = await state.until(lambda g: wanted <= set(g))
     assert retained[t.front] == b"Alex" and retained[t.count] == b"2"
     assert [m["name"] for m in json.loads(retained[t.fronters])] == ["Alex", "Sam"]
     attributes = json.loads(retained[t.attributes])

@@ -234,8 +234,8 @@ async def test_a_revoked_api_token_invents_no_events_and_is_reported(
     alex = fake_pk.add_member(fake_system, "Alex")
     alex["pronouns"], alex["privacy"]["pronoun_privacy"] = "she/her", "private"
     fake_pk.add_switch(fake_system, [alex["uuid"]])
-    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
-                                   extra='\n[server]\nadmin_token = "admin-0123456789abcdef"\n')
+    dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
+                               extra='\n[server]\nadmin_token = "admin-0123456789abcdef"\n')
     t0 = time.time()
     assert await dep.poll(t0) == 0  # baseline with the owner's view
 

@@ -129,8 +129,9 @@ async def test_a_worker_apart_from_the_receiver_serves_its_own_metrics(
                 page = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
         except httpx.HTTPError:
             return False
+        samples = [sample for family in text_string_to_metric_families(page) for sample in family.samples]
         return any(sample.name == "pkrelay_deliveries_total" and sample.labels["outcome"] == "delivered"
-                   and sample.value == 1 for family in text_string_to_metric_families(page) for sample in family.samples)
+                   and sample.value == 1 for sample in samples)
 
     try:
         await until(delivered, 30, "the worker's /metrics to count the delivery")

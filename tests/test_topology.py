@@ -10,8 +10,8 @@ and one worker at a time polls the system.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -130,7 +130,7 @@ async def test_two_receivers_two_workers_postgresql_one_worker_killed(
         # once as it would from two workers polling the same system.
         for check in ("/fronters", "/switches", "/members", "/groups"):
             times = polled(check)
-            assert times and min((b - a for a, b in zip(times, times[1:])), default=2) > 0.5, check
+            assert times and min((b - a for a, b in itertools.pairwise(times)), default=2) > 0.5, check
     finally:
         _stop(procs)
         sink.stop()

@@ -31,7 +31,7 @@ def _same(old: Any, new: Any) -> bool:
     """Equal, or both nothing: a key the store never had, null and an empty list are
     one state (a group stored from GET /groups/{id} has no `members`; the poll's
     `with_members` list says `[]`)."""
-    return old == new or old in (None, []) and new in (None, [])
+    return old == new or (old in (None, []) and new in (None, []))
 
 
 def changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -194,7 +194,8 @@ class MqttConnection:
         async with self.resources.engine.begin() as conn:
             await state.apply(conn, system_id, writes)
 
-    async def _load(self, system_id: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    async def _load(self, system_id: str,
+                    name: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
         """The system, its fronters (each as its member record is now) and its members,
         from the store; a system the store does not know yet is fetched once."""
         engine = self.resources.engine

@@ -47,7 +47,7 @@ async def poll_tick(ctx: dict[str, Any], now: float | None = None) -> int:
 async def poll_system(res: Resources, system: SystemConfig, now: float | None = None) -> int:
     redis = res.redis
     plan = await schedule.cadence(redis, system, res.settings.pluralkit.poll_budget)
-    if plan is None or not system.system_id and not system.api_token:
+    if plan is None or (not system.system_id and not system.api_token):
         return 0
     lease = schedule.lease(redis, system.name)
     if not await lease.acquire(blocking=False, token=schedule.holder()):

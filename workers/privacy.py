@@ -9,6 +9,7 @@ autoproxy, linked accounts) carry nothing public and are not delivered at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 # Event types whose content is only ever the owner's business.
@@ -55,7 +56,7 @@ def _visible(obj: Any) -> dict[str, Any] | None:
     return privacy if isinstance(privacy, dict) else {}
 
 
-def _public(obj: dict[str, Any], privacy: dict[str, Any], guards: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+def _public(obj: dict[str, Any], privacy: dict[str, Any], guards: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
     hidden = set(ALWAYS_PRIVATE)
     for key, fields in guards.items():
         if privacy.get(key) != "public":

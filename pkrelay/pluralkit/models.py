@@ -22,30 +22,30 @@ class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class SystemPrivacy(Model):
-    description_privacy: Privacy | None | UnsetType = UNSET
-    pronoun_privacy: Privacy | None | UnsetType = UNSET
-    member_list_privacy: Privacy | None | UnsetType = UNSET
-    group_list_privacy: Privacy | None | UnsetType = UNSET
-    front_privacy: Privacy | None | UnsetType = UNSET
-    front_history_privacy: Privacy | None | UnsetType = UNSET
-    name_privacy: Privacy | None | UnsetType = UNSET
-    avatar_privacy: Privacy | None | UnsetType = UNSET
-    banner_privacy: Privacy | None | UnsetType = UNSET
+    description_privacy: Privacy | UnsetType | None = UNSET
+    pronoun_privacy: Privacy | UnsetType | None = UNSET
+    member_list_privacy: Privacy | UnsetType | None = UNSET
+    group_list_privacy: Privacy | UnsetType | None = UNSET
+    front_privacy: Privacy | UnsetType | None = UNSET
+    front_history_privacy: Privacy | UnsetType | None = UNSET
+    name_privacy: Privacy | UnsetType | None = UNSET
+    avatar_privacy: Privacy | UnsetType | None = UNSET
+    banner_privacy: Privacy | UnsetType | None = UNSET
 
 
 class System(Model):
     id: str | UnsetType = UNSET  # short id: 5 or 6 letters
     uuid: str | UnsetType = UNSET
-    name: str | None | UnsetType = UNSET
-    description: str | None | UnsetType = UNSET
-    tag: str | None | UnsetType = UNSET
-    pronouns: str | None | UnsetType = UNSET
-    avatar_url: str | None | UnsetType = UNSET
-    banner: str | None | UnsetType = UNSET
-    color: str | None | UnsetType = UNSET
-    created: datetime | None | UnsetType = UNSET
-    privacy: SystemPrivacy | None | UnsetType = UNSET
-    webhook_url: str | None | UnsetType = UNSET  # undocumented, owner only
+    name: str | UnsetType | None = UNSET
+    description: str | UnsetType | None = UNSET
+    tag: str | UnsetType | None = UNSET
+    pronouns: str | UnsetType | None = UNSET
+    avatar_url: str | UnsetType | None = UNSET
+    banner: str | UnsetType | None = UNSET
+    color: str | UnsetType | None = UNSET
+    created: datetime | UnsetType | None = UNSET
+    privacy: SystemPrivacy | UnsetType | None = UNSET
+    webhook_url: str | UnsetType | None = UNSET  # undocumented, owner only
 
 
 class ProxyTag(Model):
@@ -54,15 +54,15 @@ class ProxyTag(Model):
 
 
 class MemberPrivacy(Model):
-    visibility: Privacy | None | UnsetType = UNSET
-    name_privacy: Privacy | None | UnsetType = UNSET
-    description_privacy: Privacy | None | UnsetType = UNSET
-    birthday_privacy: Privacy | None | UnsetType = UNSET
-    pronoun_privacy: Privacy | None | UnsetType = UNSET
-    avatar_privacy: Privacy | None | UnsetType = UNSET
-    banner_privacy: Privacy | None | UnsetType = UNSET
-    metadata_privacy: Privacy | None | UnsetType = UNSET
-    proxy_privacy: Privacy | None | UnsetType = UNSET
+    visibility: Privacy | UnsetType | None = UNSET
+    name_privacy: Privacy | UnsetType | None = UNSET
+    description_privacy: Privacy | UnsetType | None = UNSET
+    birthday_privacy: Privacy | UnsetType | None = UNSET
+    pronoun_privacy: Privacy | UnsetType | None = UNSET
+    avatar_privacy: Privacy | UnsetType | None = UNSET
+    banner_privacy: Privacy | UnsetType | None = UNSET
+    metadata_privacy: Privacy | UnsetType | None = UNSET
+    proxy_privacy: Privacy | UnsetType | None = UNSET
 
 
 class Member(Model):
@@ -70,32 +70,32 @@ class Member(Model):
     uuid: str | UnsetType = UNSET
     system: str | UnsetType = UNSET
     name: str | UnsetType = UNSET
-    display_name: str | None | UnsetType = UNSET
-    color: str | None | UnsetType = UNSET
-    birthday: str | None | UnsetType = UNSET  # YYYY-MM-DD; year 0004 means "no year"
-    pronouns: str | None | UnsetType = UNSET
-    avatar_url: str | None | UnsetType = UNSET
-    webhook_avatar_url: str | None | UnsetType = UNSET
-    banner: str | None | UnsetType = UNSET
-    description: str | None | UnsetType = UNSET
-    created: datetime | None | UnsetType = UNSET
-    proxy_tags: list[ProxyTag] | None | UnsetType = UNSET
-    keep_proxy: bool | None | UnsetType = UNSET
-    tts: bool | None | UnsetType = UNSET
-    autoproxy_enabled: bool | None | UnsetType = UNSET
-    message_count: int | None | UnsetType = UNSET
-    last_message_timestamp: datetime | None | UnsetType = UNSET
-    privacy: MemberPrivacy | None | UnsetType = UNSET
+    display_name: str | UnsetType | None = UNSET
+    color: str | UnsetType | None = UNSET
+    birthday: str | UnsetType | None = UNSET  # YYYY-MM-DD; year 0004 means "no year"
+    pronouns: str | UnsetType | None = UNSET
+    avatar_url: str | UnsetType | None = UNSET
+    webhook_avatar_url: str | UnsetType | None = UNSET
+    banner: str | UnsetType | None = UNSET
+    description: str | UnsetType | None = UNSET
+    created: datetime | UnsetType | None = UNSET
+    proxy_tags: list[ProxyTag] | UnsetType | None = UNSET
+    keep_proxy: bool | UnsetType | None = UNSET
+    tts: bool | UnsetType | None = UNSET
+    autoproxy_enabled: bool | UnsetType | None = UNSET
+    message_count: int | UnsetType | None = UNSET
+    last_message_timestamp: datetime | UnsetType | None = UNSET
+    privacy: MemberPrivacy | UnsetType | None = UNSET
 
 
 class GroupPrivacy(Model):
-    name_privacy: Privacy | None | UnsetType = UNSET
-    description_privacy: Privacy | None | UnsetType = UNSET
-    icon_privacy: Privacy | None | UnsetType = UNSET
-    list_privacy: Privacy | None | UnsetType = UNSET
-    metadata_privacy: Privacy | None | UnsetType = UNSET
-    visibility: Privacy | None | UnsetType = UNSET
-    banner_privacy: Privacy | None | UnsetType = UNSET
+    name_privacy: Privacy | UnsetType | None = UNSET
+    description_privacy: Privacy | UnsetType | None = UNSET
+    icon_privacy: Privacy | UnsetType | None = UNSET
+    list_privacy: Privacy | UnsetType | None = UNSET
+    metadata_privacy: Privacy | UnsetType | None = UNSET
+    visibility: Privacy | UnsetType | None = UNSET
+    banner_privacy: Privacy | UnsetType | None = UNSET
 
 
 class Group(Model):
@@ -103,13 +103,13 @@ class Group(Model):
     uuid: str | UnsetType = UNSET
     system: str | UnsetType = UNSET
     name: str | UnsetType = UNSET
-    display_name: str | None | UnsetType = UNSET
-    description: str | None | UnsetType = UNSET
-    created: datetime | None | UnsetType = UNSET
-    icon: str | None | UnsetType = UNSET
-    banner: str | None | UnsetType = UNSET
-    color: str | None | UnsetType = UNSET
-    privacy: GroupPrivacy | None | UnsetType = UNSET
+    display_name: str | UnsetType | None = UNSET
+    description: str | UnsetType | None = UNSET
+    created: datetime | UnsetType | None = UNSET
+    icon: str | UnsetType | None = UNSET
+    banner: str | UnsetType | None = UNSET
+    color: str | UnsetType | None = UNSET
+    privacy: GroupPrivacy | UnsetType | None = UNSET
     members: list[str] | UnsetType = UNSET  # member UUIDs, with ?with_members=true
 
 
@@ -132,59 +132,59 @@ class Fronters(Model):
 class Message(Model):
     timestamp: datetime | UnsetType = UNSET
     id: str | UnsetType = UNSET
-    original: str | None | UnsetType = UNSET
-    sender: str | None | UnsetType = UNSET
-    channel: str | None | UnsetType = UNSET
-    guild: str | None | UnsetType = UNSET
-    system: System | None | UnsetType = UNSET
-    member: Member | None | UnsetType = UNSET
+    original: str | UnsetType | None = UNSET
+    sender: str | UnsetType | None = UNSET
+    channel: str | UnsetType | None = UNSET
+    guild: str | UnsetType | None = UNSET
+    system: System | UnsetType | None = UNSET
+    member: Member | UnsetType | None = UNSET
 
 
 class SystemSettings(Model):
     """Bot settings; the public subset for non-owners. Unknown keys are dropped."""
 
-    timezone: str | None | UnsetType = UNSET
-    pings_enabled: bool | None | UnsetType = UNSET
-    latch_timeout: int | None | UnsetType = UNSET
-    member_default_private: bool | None | UnsetType = UNSET
-    group_default_private: bool | None | UnsetType = UNSET
-    show_private_info: bool | None | UnsetType = UNSET
-    member_limit: int | None | UnsetType = UNSET
-    group_limit: int | None | UnsetType = UNSET
-    case_sensitive_proxy_tags: bool | None | UnsetType = UNSET
-    proxy_error_message_enabled: bool | None | UnsetType = UNSET
-    hid_display_split: bool | None | UnsetType = UNSET
-    hid_display_caps: bool | None | UnsetType = UNSET
-    hid_list_padding: str | None | UnsetType = UNSET
-    proxy_switch: str | bool | None | UnsetType = UNSET
-    name_format: str | None | UnsetType = UNSET
-    card_show_color_hex: bool | None | UnsetType = UNSET
-    description_templates: list[str] | None | UnsetType = UNSET
+    timezone: str | UnsetType | None = UNSET
+    pings_enabled: bool | UnsetType | None = UNSET
+    latch_timeout: int | UnsetType | None = UNSET
+    member_default_private: bool | UnsetType | None = UNSET
+    group_default_private: bool | UnsetType | None = UNSET
+    show_private_info: bool | UnsetType | None = UNSET
+    member_limit: int | UnsetType | None = UNSET
+    group_limit: int | UnsetType | None = UNSET
+    case_sensitive_proxy_tags: bool | UnsetType | None = UNSET
+    proxy_error_message_enabled: bool | UnsetType | None = UNSET
+    hid_display_split: bool | UnsetType | None = UNSET
+    hid_display_caps: bool | UnsetType | None = UNSET
+    hid_list_padding: str | UnsetType | None = UNSET
+    proxy_switch: str | bool | UnsetType | None = UNSET
+    name_format: str | UnsetType | None = UNSET
+    card_show_color_hex: bool | UnsetType | None = UNSET
+    description_templates: list[str] | UnsetType | None = UNSET
 
 
 class SystemGuildSettings(Model):
     guild_id: str | UnsetType = UNSET
-    proxying_enabled: bool | None | UnsetType = UNSET
-    tag: str | None | UnsetType = UNSET
-    tag_enabled: bool | None | UnsetType = UNSET
-    avatar_url: str | None | UnsetType = UNSET
-    display_name: str | None | UnsetType = UNSET
+    proxying_enabled: bool | UnsetType | None = UNSET
+    tag: str | UnsetType | None = UNSET
+    tag_enabled: bool | UnsetType | None = UNSET
+    avatar_url: str | UnsetType | None = UNSET
+    display_name: str | UnsetType | None = UNSET
 
 
 class MemberGuildSettings(Model):
     guild_id: str | UnsetType = UNSET
-    display_name: str | None | UnsetType = UNSET
-    avatar_url: str | None | UnsetType = UNSET
-    keep_proxy: bool | None | UnsetType = UNSET
-    allow_autoproxy: bool | None | UnsetType = UNSET  # account events carry only this
+    display_name: str | UnsetType | None = UNSET
+    avatar_url: str | UnsetType | None = UNSET
+    keep_proxy: bool | UnsetType | None = UNSET
+    allow_autoproxy: bool | UnsetType | None = UNSET  # account events carry only this
 
 
 class AutoproxySettings(Model):
-    guild_id: str | None | UnsetType = UNSET
-    channel_id: str | None | UnsetType = UNSET
-    autoproxy_mode: str | None | UnsetType = UNSET
-    autoproxy_member: str | None | UnsetType = UNSET  # member UUID in dispatches
-    last_latch_timestamp: datetime | None | UnsetType = UNSET
+    guild_id: str | UnsetType | None = UNSET
+    channel_id: str | UnsetType | None = UNSET
+    autoproxy_mode: str | UnsetType | None = UNSET
+    autoproxy_member: str | UnsetType | None = UNSET  # member UUID in dispatches
+    last_latch_timestamp: datetime | UnsetType | None = UNSET
 
 
 class ErrorBody(Model):

@@ -190,7 +190,7 @@ class FakePluralKit:
         remaining = max(0, math.floor((1.0 - (new_tat - now)) / interval))
         reset = time.time() + (new_tat - now)
         headers = {"X-RateLimit-Limit": str(int(rate)), "X-RateLimit-Remaining": str(remaining),
-                   "X-RateLimit-Reset": str(int(reset * 1000) if self.reset_in_ms else int(math.ceil(reset))),
+                   "X-RateLimit-Reset": str(int(reset * 1000) if self.reset_in_ms else math.ceil(reset)),
                    "X-RateLimit-Scope": scope}
         retry_after = max(0, int((new_tat - now - 1.0) * 1000)) if not allowed else 0
         return allowed, headers, retry_after
