@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from pkrelay.pluralkit import errors
 from pkrelay.pluralkit.client import PluralKitClient, reset_seconds
 from pkrelay.redis_server import EmbeddedRedis
-from tests.fakepk.api import FakePluralKit, FakeSystem, Journal
+from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
 
 
 def _client(fake: FakePluralKit, redis_url: str, token: str = "", rate: float = 10, **kw: object) -> PluralKitClient:
@@ -27,16 +27,6 @@ async def client(fake_pk: FakePluralKit, fake_system: FakeSystem,
     c = _client(fake_pk, redis_server.url, fake_system.token)
     yield c
     await c.aclose()
-
-
-def _max_in_any_second(journal: list[Journal]) -> int:
-    times = sorted(j.at for j in journal)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def _hammer(base_url: str, redis_url: str, token: str, ref: str, count: int, rate: float) -> None:
@@ -64,7 +54,7 @@ def test_four_processes_sharing_a_token_stay_within_the_limit(
         assert p.exitcode == 0
     assert len(fake_pk.journal) == 100
     assert [j.status for j in fake_pk.journal if j.status != 200] == []
-    assert _max_in_any_second(fake_pk.journal) <= 10
+    assert max_in_any_second(j.at for j in fake_pk.journal) <= 10
 
 
 async def test_a_429_is_waited_out_never_retried_early(client: PluralKitClient, fake_pk: FakePluralKit,

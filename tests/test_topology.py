@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from pkrelay.redis_server import EmbeddedRedis, free_port
-from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until, write_config
 from tests.servers import pkrelay_process, ready
@@ -38,16 +38,6 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def _max_in_any_second(times: list[float]) -> int:
-    times = sorted(times)
-    start, most = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 @pytest.mark.timeout(170)
@@ -124,7 +114,7 @@ async def test_two_receivers_two_workers_postgresql_one_worker_killed(
         by_scope: dict[tuple[str | None, str | None], list[float]] = defaultdict(list)
         for j in fake_pk.journal:
             by_scope[(j.key, j.scope)].append(j.at)
-        assert max(_max_in_any_second(times) for times in by_scope.values()) <= 10
+        assert max(max_in_any_second(times) for times in by_scope.values()) <= 10
 
         # One poller at a time: each check comes at its cadence (2 s and more), never twice at
         # once as it would from two workers polling the same system.

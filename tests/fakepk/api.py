@@ -21,6 +21,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -78,6 +79,17 @@ class FakeSystem:
     @property
     def uuid(self) -> str:
         return str(self.system["uuid"])
+
+
+def max_in_any_second(times: Iterable[float]) -> int:
+    """The most requests any window of one second saw: what the server's limiter counts."""
+    ordered = sorted(times)
+    start, most = 0, 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
 
 
 class FakePluralKit:
