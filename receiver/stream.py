@@ -32,7 +32,7 @@ from litestar import Request, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
 from litestar.handlers import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -169,8 +169,8 @@ async def open_stream(request: Request, systems: list[str], types: list[str], re
 @get("/api/stream", guards=[stream_access], summary="Every logged event, live, as Server-Sent Events")
 async def event_stream(
     request: Request,
-    system: Annotated[list[str] | None, Parameter(description="system name or UUID (repeatable)")] = None,
-    event_type: Annotated[list[str] | None, Parameter(query="type", description="event type (repeatable)")] = None,
-    last_event_id: Annotated[str | None, Parameter(description="resume after this event (or the header)")] = None,
+    system: Annotated[list[str] | None, QueryParameter(description="system name or UUID (repeatable)")] = None,
+    event_type: Annotated[list[str] | None, QueryParameter(name="type", description="event type (repeatable)")] = None,
+    last_event_id: Annotated[str | None, QueryParameter(description="resume after this event (or the header)")] = None,
 ) -> ServerSentEvent:
     return await open_stream(request, system or [], event_type or [], last_event_id)

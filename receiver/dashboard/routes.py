@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Request, Response, Router, get, post
@@ -18,6 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException, NotFoundException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
+from litestar.params import PathParameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.static_files import create_static_files_router
@@ -75,7 +76,7 @@ def _safe_next(value: Any) -> str:
 
 
 @get("/login", include_in_schema=False)
-async def login_form(request: Request, next_path: str = "/") -> Template | Redirect:
+async def login_form(request: Request, next_path: Annotated[str, QueryParameter()] = "/") -> Template | Redirect:
     if session.has_session(request):
         return Redirect(_safe_next(next_path))
     return Template(template_name="login.html", context={"next": _safe_next(next_path), "error": None})
@@ -110,7 +111,8 @@ async def overview(request: Request) -> Template:
 
 
 @get("/events", include_in_schema=False)
-async def events(request: Request, system: str = "", event_type: str = "") -> Template:
+async def events(request: Request, system: Annotated[str, QueryParameter()] = "",
+                 event_type: Annotated[str, QueryParameter()] = "") -> Template:
     current = _session(request)
     relay = _relay(request)
     settings = relay.live.current
@@ -122,8 +124,9 @@ async def events(request: Request, system: str = "", event_type: str = "") -> Te
 
 
 @get("/events/live", include_in_schema=False)
-async def live_events(request: Request, system: str = "", event_type: str = "",
-                      after: str | None = None) -> ServerSentEvent:
+async def live_events(request: Request, system: Annotated[str, QueryParameter()] = "",
+                      event_type: Annotated[str, QueryParameter()] = "",
+                      after: Annotated[str | None, QueryParameter()] = None) -> ServerSentEvent:
     """The events page's EventSource: /api/stream's messages, unnamed (EventSource has
     no catch-all listener for named ones) and authorized by the session cookie. The
     page passes `after`, the newest event it was rendered with, so nothing logged in
@@ -135,7 +138,7 @@ async def live_events(request: Request, system: str = "", event_type: str = "",
 
 
 @get("/events/{event_id:str}", include_in_schema=False)
-async def event(request: Request, event_id: str) -> Template:
+async def event(request: Request, event_id: Annotated[str, PathParameter()]) -> Template:
     current = _session(request)
     detail = await queries.event_detail(_relay(request), event_id)
     if detail is None:
@@ -144,7 +147,8 @@ async def event(request: Request, event_id: str) -> Template:
 
 
 @get("/deliveries", include_in_schema=False)
-async def deliveries(request: Request, replayed: int | None = None, tested: str | None = None) -> Template:
+async def deliveries(request: Request, replayed: Annotated[int | None, QueryParameter()] = None,
+                     tested: Annotated[str | None, QueryParameter()] = None) -> Template:
     current = _session(request)
     return _page(request, "deliveries.html", current, sinks=await queries.problem_deliveries(_relay(request)),
                  replayed=replayed, tested=tested)
