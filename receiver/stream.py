@@ -119,7 +119,10 @@ async def _messages(cursor: LogCursor, settings: StreamSettings, named: bool) ->
     last_comment = time.monotonic()
     while True:
         try:
-            events = await cursor.read()
+            # Shielded: a client that leaves cancels this generator, and a read cut
+            # off mid-transaction would leave its connection (on SQLite, the write
+            # lock its BEGIN IMMEDIATE took) held until garbage collection.
+            events = await asyncio.shield(asyncio.ensure_future(cursor.read()))
         except (SQLAlchemyError, OSError) as exc:
             log.warning("event stream: the database did not answer: %s", type(exc).__name__)
             events = []

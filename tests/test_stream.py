@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import httpx
 import msgspec
 import pytest
 
+from pkrelay import db
+from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from receiver.stream import StreamSettings
 from tests.fakepk.api import FakePluralKit
@@ -265,3 +268,29 @@ async def test_a_comment_comes_within_the_heartbeat_interval(served: Served) -> 
     assert [b.comment for b in beats] == ["keepalive"] * 3
     gaps = [b.at - a for a, b in zip([start, *[b.at for b in beats]], [b for b in beats])]
     assert max(gaps) < FAST.heartbeat + 0.5
+
+
+async def test_an_event_committed_after_later_ones_is_still_sent_once(served: Served) -> None:
+    """A worker stamps logged_at before its transaction commits; another may commit
+    rows stamped later first. The late rows still go out on a live stream, once."""
+    engine = db.create_engine(served.dep.live().current.database_url)
+    now = datetime.now(UTC)
+
+    async def log(event_id: str, logged_at: datetime) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(db.events.insert().values(
+                id=event_id, type="UPDATE_SYSTEM", source="dispatch", system="home", system_id=None,
+                entity_id=None, received_at=now, data={}, entity=None, previous=None, logged_at=logged_at))
+
+    early, late = new_event_id(), new_event_id()
+    try:
+        async with stream(served) as live:
+            await log(late, now)
+            [first] = await live.events(1)
+            await log(early, now - timedelta(seconds=5))  # stamped first, committed after
+            [second] = await live.events(1)
+            done = time.monotonic()
+            assert [first.id, second.id] == [late, early]
+            assert await live.until_quiet(done) == []
+    finally:
+        await engine.dispose()
