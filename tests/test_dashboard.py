@@ -29,6 +29,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# `PKRELAY_SCREENSHOTS=1 pytest tests/test_dashboard.py` refreshes the docs' screenshots;
+# otherwise they go to the test's temporary directory, so a test run changes no file.
 DOCS_IMG = Path(__file__).parent.parent / "docs" / "img"
 FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
 expect = playwright_api.expect
@@ -120,8 +122,9 @@ async def test_login_then_a_dispatched_switch_appears_live_and_opens_to_its_enve
         text = await page.content()
         for secret_value in (ADMIN, served.creds["signing_token"], served.creds["api_token"], secret):
             assert secret_value not in text
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(DOCS_IMG / "overview.png"), full_page=True)
+        shots = DOCS_IMG if os.environ.get("PKRELAY_SCREENSHOTS") == "1" else tmp_path
+        shots.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
         # The second edit of a member (the first stored it): only what changed is highlighted.
         cy = next(m for m in fake_system.members.values() if m["name"] == "Cy")
@@ -134,7 +137,7 @@ async def test_login_then_a_dispatched_switch_appears_live_and_opens_to_its_enve
         await page.get_by_role("link", name="UPDATE_MEMBER").first.click()
         assert await page.locator("table.diff tr.changed th").all_inner_texts() == ["name changed"]
         await expect(page.locator("table.diff tr", has_text="pronouns")).not_to_have_class("changed")
-        await page.screenshot(path=str(DOCS_IMG / "event.png"))
+        await page.screenshot(path=str(shots / "event.png"))
         await page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390
 
