@@ -109,6 +109,15 @@ async def _logged_since(engine: AsyncEngine, since: datetime | None, system: str
     return [(row_to_event(r), r.logged_at) for r in rows]
 
 
+async def logged_position(engine: AsyncEngine, event_id: str) -> tuple[datetime, str] | None:
+    """Where an event sits in log order, (logged_at, id): the point a stream resumes after.
+    None for an id the log does not hold (or an event not logged yet)."""
+    t = db.events
+    async with engine.connect() as conn:
+        logged_at = (await conn.execute(sa.select(t.c.logged_at).where(t.c.id == event_id))).scalar()
+    return (logged_at, event_id) if logged_at is not None else None
+
+
 class Follower:
     """Events as they reach the log, each once.
 

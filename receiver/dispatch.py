@@ -23,6 +23,7 @@ from pkrelay import queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import new_event_id
 from pkrelay.pluralkit.dispatch import Dispatch, decode_data
+from receiver.dashboard import pings
 from receiver.metrics import EVENTS_RECEIVED
 from receiver.relay import Relay
 
@@ -149,6 +150,8 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
             EVENTS_RECEIVED.labels("-", "invalid").inc()
             return _answer(400, f"not a dispatch body: {exc}")
         system = authenticate(relay.live.current.systems, dispatch.system_id, dispatch.signing_token)
+        if dispatch.type == "PING":  # the dashboard's "connect a system" page shows these
+            await pings.record(relay.redis, dispatch.system_id, system)
         if system is None:
             EVENTS_RECEIVED.labels("-", "unauthorized").inc()
             _warn_refused(dispatch.signing_token, dispatch.system_id)

@@ -1,0 +1,1 @@
+"""The dashboard the receiver serves under `/`: see docs/dashboard.md."""

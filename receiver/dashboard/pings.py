@@ -1,0 +1,54 @@
+"""The registration PINGs the receiver answered, for the "connect a system" page.
+
+PluralKit checks a new webhook URL with two PINGs: one with the signing token (must
+get 200) and one with a random token (must get 401). The receiver records each
+answer here, in Redis so that every receiver replica's answers show, kept an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from pkrelay.config import SystemConfig
+
+log = logging.getLogger("pkrelay.receiver")
+KEY = "pkrelay:dashboard:pings"
+KEEP = 50
+TTL_S = 3600
+
+
+class Ping(msgspec.Struct):
+    at: float
+    system_id: str | None  # as the body named it
+    system: str | None  # the configured system whose token matched, if any
+    status: int
+
+
+async def record(redis: Redis, system_id: str | None, system: SystemConfig | None) -> None:
+    """Note one PING and its answer (200 when `system`'s token matched, else 401);
+    never fails the answer itself."""
+    entry = msgspec.json.encode(Ping(time.time(), system_id, system.name if system else None,
+                                     401 if system is None else 200))
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(KEY, entry)
+            pipe.ltrim(KEY, 0, KEEP - 1)
+            pipe.expire(KEY, TTL_S)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.debug("PING not recorded for the dashboard: %s", exc)
+
+
+async def recent(redis: Redis) -> list[Ping]:
+    """Newest first; empty when Redis cannot answer."""
+    try:
+        raw: list[Any] = await redis.lrange(KEY, 0, KEEP - 1)
+    except (RedisError, OSError):
+        return []
+    return [msgspec.json.decode(r, type=Ping) for r in raw]
