@@ -176,6 +176,9 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         EVENTS_RECEIVED.labels(dispatch.type, outcome).inc()
         if outcome == "unavailable":
             return _answer(503, "the event could not be stored; nothing was kept")
+        if outcome == "unconfirmed":
+            return _answer(503, "the event could not be confirmed stored: Redis did not answer in time and the "
+                                "spool cannot be written; it may still be delivered, once")
         return _answer(200)
 
     return receive_dispatch
