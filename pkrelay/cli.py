@@ -221,7 +221,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from workers.backfill import backfill
+    from workers.backfill import BackfillError, backfill
 
     _, settings = _load(args, "backfill")
     systems = [s for s in settings.systems if args.system in (None, s.name, s.system_id)]
@@ -237,7 +237,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
 
-    print(f"done: {asyncio.run(go())} API calls")
+    try:
+        calls = asyncio.run(go())
+    except BackfillError as exc:
+        print(f"pkrelay backfill: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {calls} API calls")
     return 0
 
 

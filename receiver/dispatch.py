@@ -19,7 +19,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
 
-from pkrelay import queue
+from pkrelay import db, queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import new_event_id
 from pkrelay.pluralkit.dispatch import Dispatch, decode_data
@@ -33,6 +33,21 @@ _OK = b'{"status":"ok"}'
 # What a body that is not JSON of the dispatch shape raises: invalid UTF-8 is not a
 # DecodeError, and nesting deeper than msgspec's limit is a RecursionError.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+# What the event log can hold of each field (on PostgreSQL a longer value is an error):
+# checked here, so such a dispatch gets a 400 instead of a 200 and a job that fails forever.
+_COLUMNS = {"type": db.events.c.type, "system_id": db.events.c.system_id, "id": db.events.c.entity_id}
+MAX_LENGTHS: dict[str, int] = {field: int(column.type.length) for field, column in _COLUMNS.items()}  # type: ignore[attr-defined]
+
+
+def too_long(dispatch: Dispatch) -> str | None:
+    """What is wrong when a field is longer than the event log can store, else None."""
+    for field, limit in MAX_LENGTHS.items():
+        value = getattr(dispatch, field)
+        if value is not None and len(value) > limit:
+            return f"`{field}` is {len(value)} characters long; at most {limit} can be stored"
+    return None
+
 
 # An oversized body is read and thrown away (up to this much, for this long) before
 # the 413, so the client hears it: closing on unread data resets the connection, and
@@ -148,6 +163,9 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         except _UNDECODABLE as exc:
             EVENTS_RECEIVED.labels("-", "invalid").inc()
             return _answer(400, f"not a dispatch body: {exc}")
+        if problem := too_long(dispatch):
+            EVENTS_RECEIVED.labels("-", "invalid").inc()
+            return _answer(400, problem)
         system = authenticate(relay.live.current.systems, dispatch.system_id, dispatch.signing_token)
         if system is None:
             EVENTS_RECEIVED.labels("-", "unauthorized").inc()
