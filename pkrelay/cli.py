@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from receiver import server
     from receiver.app import create_app
 
     path, settings = _load(args, "receiver")
@@ -76,11 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_BIND
     startup.prepare(settings, None)  # not Redis: while it is down, the receiver spools
     app = create_app(config.LiveSettings(path, settings), redis_url)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, access_log=False, log_config=None, server_header=False,
-        timeout_graceful_shutdown=10,
-    ))
-    server.run(sockets=[sock])
+    uvicorn.Server(server.config(app, host, port)).run(sockets=[sock])
     return 0
 
 

@@ -3,6 +3,7 @@ a Redis that stops mid-request, a wrong API token, connections that trickle."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,14 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
 from pkrelay import queue
-from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.redis_server import EmbeddedRedis, free_port
+from receiver import server
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until, write_config
-from tests.servers import clean_env
+from tests.servers import ThreadedServer, clean_env
 from tests.test_spool import _spool_empty
 
 MEMBER = "2ee0c92b-bb4f-4a2c-a9a8-3b7d8f3d5f10"
@@ -134,3 +137,76 @@ def test_backfill_with_a_wrong_token_is_one_clear_line(
 @pytest.fixture
 def fake_pk_url(fake_pk) -> str:  # type: ignore[no-untyped-def]
     return str(fake_pk.base_url)
+
+
+async def _trickle(port: int, data: bytes, head: bytes = b"", interval: float = 0.2) -> float:
+    """Connect, send `head` at once and then `data` a byte every `interval`; how long
+    until the server hangs up."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    try:
+        for byte in data:
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(1), interval) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+        return loop.time() - start
+    finally:
+        writer.close()
+
+
+async def test_trickling_connections_are_closed_while_real_dispatches_are_answered(
+    deployment: Deployment, system_creds: dict[str, str],
+) -> None:
+    """300 connections sending a byte every 0.2 s (headers, or a body after complete
+    headers) are closed at the read deadline; a real dispatch is answered meanwhile."""
+    port, timeout = free_port(), 1.5
+    threaded = ThreadedServer(None, port, server.config(deployment.app(), "127.0.0.1", port, read_timeout=timeout))
+    threaded.start()
+    try:
+        headers = b"POST /dispatch HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n" * 50
+        body_after_headers = b"POST /dispatch HTTP/1.1\r\nHost: relay\r\nContent-Length: 5000\r\n\r\n"
+        slow = [asyncio.create_task(_trickle(port, headers)) for _ in range(200)]
+        slow += [asyncio.create_task(_trickle(port, b"x" * 5000, body_after_headers)) for _ in range(100)]
+        await asyncio.sleep(0.3)  # a moment for them to connect and start trickling
+        assert not any(t.done() for t in slow)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as http:
+            real = await http.post("/dispatch", content=body(
+                "UPDATE_MEMBER", system_creds["signing_token"], system_creds["system_id"], MEMBER, {"name": "real"}))
+            assert real.status_code == 200, real.text
+            assert not all(t.done() for t in slow)  # answered while the slow ones were open
+            lasted = await asyncio.wait_for(asyncio.gather(*slow), 20)
+            assert max(lasted) < timeout + 1.5, max(lasted)
+            assert (await http.get("/healthz")).status_code == 200
+    finally:
+        threaded.stop()
+
+
+
+async def test_a_flood_of_unread_connections_evicts_its_oldest_not_real_requests(
+    deployment: Deployment, system_creds: dict[str, str],
+) -> None:
+    port = free_port()
+    config = server.config(deployment.app(), "127.0.0.1", port, read_timeout=60, max_unread=20)
+    threaded = ThreadedServer(None, port, config)
+    threaded.start()
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+        for reader, _ in idle[:20]:
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # evicted by the newer ones
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            real = await http.post("/dispatch", content=body(
+                "UPDATE_MEMBER", system_creds["signing_token"], system_creds["system_id"], MEMBER, {"name": "real"}))
+            assert real.status_code == 200, real.text
+        assert not idle[-1][0].at_eof()
+        for _, writer in idle:
+            writer.close()
+    finally:
+        threaded.stop()
