@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 
 from pkrelay import db, queue
 from pkrelay.config import SystemConfig
@@ -127,6 +128,21 @@ def authenticate(systems: Sequence[SystemConfig], system_id: str | None, token: 
     return found
 
 
+class Answer(msgspec.Struct):
+    """What the dispatch route answers: {"status": "ok"} or {"error": why}."""
+
+    status: str | None = None
+    error: str | None = None
+
+
+_REFUSALS = {
+    400: "not a dispatch body, `data` does not fit its type, or a field longer than the log holds",
+    401: "missing, wrong or unknown signing_token",
+    413: "body larger than server.max_body_bytes",
+    503: "neither the queue nor the spool could take the event (the error says whether Redis may have it)",
+}
+
+
 def dispatch_handler(path: str) -> HTTPRouteHandler:
     refusals = Throttle()
 
@@ -151,6 +167,7 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         summary="Receive a PluralKit dispatch webhook",
         description="200 once the event is durable (queued or spooled); 401 wrong token; 400 bad body; "
         "413 too large; 503 when neither the queue nor the spool can take it.",
+        responses={code: ResponseSpec(Answer, description=why) for code, why in _REFUSALS.items()},
     )
     async def receive_dispatch(request: Request[Any, Any, Any]) -> Response[bytes]:
         relay: Relay = request.app.state.relay
