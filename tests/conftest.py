@@ -15,6 +15,8 @@ from tests.fakepk.dispatcher import FakeDispatcher, new_token
 from tests.harness import Deployment, write_config
 from tests.mqtt_broker import MOSQUITTO, Broker, Mosquitto
 
+pytest_plugins = ["tests.secrets_scan"]
+
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
