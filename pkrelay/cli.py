@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from receiver import server
     from receiver.app import create_app
 
     path, settings = _load(args, "receiver")
@@ -76,11 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_BIND
     startup.prepare(settings, None)  # not Redis: while it is down, the receiver spools
     app = create_app(config.LiveSettings(path, settings), redis_url)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, access_log=False, log_config=None, server_header=False,
-        timeout_graceful_shutdown=10,
-    ))
-    server.run(sockets=[sock])
+    uvicorn.Server(server.config(app, host, port)).run(sockets=[sock])
     return 0
 
 
@@ -221,7 +218,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from workers.backfill import backfill
+    from workers.backfill import BackfillError, backfill
 
     _, settings = _load(args, "backfill")
     systems = [s for s in settings.systems if args.system in (None, s.name, s.system_id)]
@@ -237,7 +234,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
 
-    print(f"done: {asyncio.run(go())} API calls")
+    try:
+        calls = asyncio.run(go())
+    except BackfillError as exc:
+        print(f"pkrelay backfill: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {calls} API calls")
     return 0
 
 

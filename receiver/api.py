@@ -9,6 +9,7 @@ from litestar import Request, Router, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 
 from pkrelay import eventlog, status
@@ -26,7 +27,14 @@ def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRou
         raise NotAuthorizedException("a valid admin token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-@get("/events", summary="The event log, newest first")
+# What admin_only answers, for the OpenAPI document.
+GUARDED = {
+    401: ResponseSpec(None, description="no valid admin token"),
+    404: ResponseSpec(None, description="the API is off: server.admin_token is empty"),
+}
+
+
+@get("/events", summary="The event log, newest first", responses=GUARDED)
 async def list_events(
     request: Request[Any, Any, Any],
     system: Annotated[str | None, QueryParameter(description="system name or UUID")] = None,
@@ -38,7 +46,8 @@ async def list_events(
     return await eventlog.query(relay.engine, system=system, event_type=event_type, since=since, limit=limit)
 
 
-@get("/systems", summary="Each system: mode, polling, webhook, last dispatch, last poll, API budget use")
+@get("/systems", summary="Each system: mode, polling, webhook, last dispatch, last poll, API budget use",
+     responses=GUARDED)
 async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     relay: Relay = request.app.state.relay
     return await status.systems(relay.live.current, relay.engine, relay.redis)

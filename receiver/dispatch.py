@@ -18,8 +18,9 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 
-from pkrelay import queue
+from pkrelay import db, queue
 from pkrelay.config import SystemConfig
 from pkrelay.envelope import new_event_id
 from pkrelay.pluralkit.dispatch import Dispatch, decode_data
@@ -34,6 +35,21 @@ _OK = b'{"status":"ok"}'
 # What a body that is not JSON of the dispatch shape raises: invalid UTF-8 is not a
 # DecodeError, and nesting deeper than msgspec's limit is a RecursionError.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+# What the event log can hold of each field (on PostgreSQL a longer value is an error):
+# checked here, so such a dispatch gets a 400 instead of a 200 and a job that fails forever.
+_COLUMNS = {"type": db.events.c.type, "system_id": db.events.c.system_id, "id": db.events.c.entity_id}
+MAX_LENGTHS: dict[str, int] = {field: int(column.type.length) for field, column in _COLUMNS.items()}  # type: ignore[attr-defined]
+
+
+def too_long(dispatch: Dispatch) -> str | None:
+    """What is wrong when a field is longer than the event log can store, else None."""
+    for field, limit in MAX_LENGTHS.items():
+        value = getattr(dispatch, field)
+        if value is not None and len(value) > limit:
+            return f"`{field}` is {len(value)} characters long; at most {limit} can be stored"
+    return None
+
 
 # An oversized body is read and thrown away (up to this much, for this long) before
 # the 413, so the client hears it: closing on unread data resets the connection, and
@@ -113,6 +129,21 @@ def authenticate(systems: Sequence[SystemConfig], system_id: str | None, token: 
     return found
 
 
+class Answer(msgspec.Struct):
+    """What the dispatch route answers: {"status": "ok"} or {"error": why}."""
+
+    status: str | None = None
+    error: str | None = None
+
+
+_REFUSALS = {
+    400: "not a dispatch body, `data` does not fit its type, or a field longer than the log holds",
+    401: "missing, wrong or unknown signing_token",
+    413: "body larger than server.max_body_bytes",
+    503: "neither the queue nor the spool could take the event (the error says whether Redis may have it)",
+}
+
+
 def dispatch_handler(path: str) -> HTTPRouteHandler:
     refusals = Throttle()
 
@@ -137,6 +168,7 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         summary="Receive a PluralKit dispatch webhook",
         description="200 once the event is durable (queued or spooled); 401 wrong token; 400 bad body; "
         "413 too large; 503 when neither the queue nor the spool can take it.",
+        responses={code: ResponseSpec(Answer, description=why) for code, why in _REFUSALS.items()},
     )
     async def receive_dispatch(request: Request[Any, Any, Any]) -> Response[bytes]:
         relay: Relay = request.app.state.relay
@@ -149,6 +181,9 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         except _UNDECODABLE as exc:
             EVENTS_RECEIVED.labels("-", "invalid").inc()
             return _answer(400, f"not a dispatch body: {exc}")
+        if problem := too_long(dispatch):
+            EVENTS_RECEIVED.labels("-", "invalid").inc()
+            return _answer(400, problem)
         system = authenticate(relay.live.current.systems, dispatch.system_id, dispatch.signing_token)
         if dispatch.type == "PING":  # the dashboard's "connect a system" page shows these
             await pings.record(relay.redis, dispatch.system_id, system)
@@ -179,6 +214,9 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         EVENTS_RECEIVED.labels(dispatch.type, outcome).inc()
         if outcome == "unavailable":
             return _answer(503, "the event could not be stored; nothing was kept")
+        if outcome == "unconfirmed":
+            return _answer(503, "the event could not be confirmed stored: Redis did not answer in time and the "
+                                "spool cannot be written; it may still be delivered, once")
         return _answer(200)
 
     return receive_dispatch

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, gener
 EVENTS_RECEIVED = Counter(
     "pkrelay_events_received_total",
     "Dispatch requests by event type and outcome "
-    "(queued, spooled, ping, unauthorized, invalid, too_large, unavailable)",
+    "(queued, spooled, ping, unauthorized, invalid, too_large, unavailable, unconfirmed)",
     ["type", "outcome"],
 )
 QUEUE_DEPTH = Gauge(
@@ -22,6 +22,14 @@ QUEUE_DEPTH = Gauge(
 )
 SPOOLED = Gauge(
     "pkrelay_spool_depth", "Events waiting in the local spool for Redis", multiprocess_mode="mostrecent"
+)
+
+SPOOL_OLDEST = Gauge(
+    "pkrelay_spool_oldest_seconds", "How long the oldest spooled event has waited (0: spool empty); "
+    "growing while Redis answers means the spool is not draining", multiprocess_mode="mostrecent"
+)
+SPOOL_QUARANTINED = Counter(
+    "pkrelay_spool_quarantined_total", "Spool files that could not be decoded, moved to spool/quarantine/"
 )
 
 

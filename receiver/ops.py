@@ -17,7 +17,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="200 when Redis and the database answer, else 503 naming the one that failed")
+@get("/readyz", summary="200 when Redis and the database answer and the spool drains, else 503 naming what failed")
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
     relay: Relay = request.app.state.relay
     status = await relay.readiness()
@@ -33,4 +33,5 @@ async def prometheus(request: Request[Any, Any, Any]) -> bytes:
     except (RedisError, OSError):
         pass  # keep the last known depth; /readyz says Redis is down
     metrics.SPOOLED.set(len(relay.spool.files()))
+    metrics.SPOOL_OLDEST.set(relay.spool.oldest_seconds())
     return metrics.render()

@@ -10,14 +10,26 @@ from typing import Literal
 
 import sqlalchemy as sa
 from litestar import Litestar
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from pkrelay import db, logs, queue
 from pkrelay.config import LiveSettings, Settings
 from receiver.spool import Spool
 
 log = logging.getLogger("pkrelay.receiver")
-Outcome = Literal["queued", "spooled", "unavailable"]
+Outcome = Literal["queued", "spooled", "unavailable", "unconfirmed"]
+
+
+def may_have_run(exc: Exception) -> bool:
+    """Whether Redis may still run an enqueue that raised `exc`.
+
+    Yes when the request may have left (a reply that did not come in time, a connection
+    lost mid-way: a paused server runs it when it resumes); no when Redis refused it
+    (an error reply) or no connection was made at all (redis-py says "connecting").
+    """
+    if isinstance(exc, ResponseError):
+        return False
+    return "connecting" not in str(exc)
 
 
 class Relay:
@@ -30,22 +42,31 @@ class Relay:
         self.spool = Spool(settings.data_path / "spool")
 
     async def store(self, event_id: str, system: str, payload: bytes) -> Outcome:
-        """Queue the event, or spool it when Redis cannot take it."""
+        """Queue the event, or spool it when Redis cannot take it.
+
+        An enqueue whose outcome is unknown is spooled too, under the same event id:
+        if Redis ran it after all, the second copy is the same arq job and the
+        workers' insert-or-ignore on the event id keeps one event. "unavailable" means
+        nothing was kept; "unconfirmed" that Redis may still have it.
+        """
+        maybe_queued = False
         if not self.spool.pending:
             try:
                 await self.batcher.enqueue(event_id, system, payload)
                 return "queued"
             except (RedisError, OSError) as exc:
+                maybe_queued = may_have_run(exc)
                 log.warning("queue unavailable, spooling %s: %s", event_id, exc)
         try:
             self.spool.write(event_id, payload)
             return "spooled"
         except OSError as exc:
             log.error("spool unavailable, refusing %s: %s", event_id, exc)
-            return "unavailable"
+            return "unconfirmed" if maybe_queued else "unavailable"
 
     async def readiness(self) -> dict[str, str]:
-        """"ok" or the error, per dependency."""
+        """"ok" or the error, per dependency; the spool fails when it holds events
+        that are not moving although Redis answers."""
         status: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.redis.ping(), 2)
@@ -59,6 +80,8 @@ class Relay:
             status["database"] = "ok"
         except Exception as exc:  # any driver error means "not ready"
             status["database"] = f"unavailable: {type(exc).__name__}"
+        stalled = self.spool.stalled() if status["redis"] == "ok" else None
+        status["spool"] = stalled or "ok"
         return status
 
     def _config_changed(self, fresh: Settings) -> None:

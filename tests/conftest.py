@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from litestar.testing import AsyncTestClient
 
 from pkrelay.redis_server import EmbeddedRedis
 from tests import postgres
 from tests.fakepk.api import FakePluralKit, FakeSystem
-from tests.fakepk.dispatcher import new_token
+from tests.fakepk.dispatcher import FakeDispatcher, new_token
 from tests.harness import Deployment, write_config
 from tests.mqtt_broker import MOSQUITTO, Broker, Mosquitto
+
+pytest_plugins = ["tests.secrets_scan"]
 
 
 @pytest.fixture
@@ -68,6 +71,18 @@ async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: 
     dep = Deployment(cfg, redis_server.url)
     await dep.migrate()
     return dep
+
+
+@pytest.fixture
+async def client(deployment: Deployment) -> AsyncIterator[AsyncTestClient]:
+    """The receiver app of `deployment`, in process, lifespan (spool drainer) running."""
+    async with AsyncTestClient(app=deployment.app()) as c:
+        yield c
+
+
+@pytest.fixture
+def dispatcher(client: AsyncTestClient) -> FakeDispatcher:
+    return FakeDispatcher(client, "/dispatch")
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])

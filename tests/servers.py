@@ -17,11 +17,12 @@ import uvicorn
 
 
 class ThreadedServer:
-    """uvicorn serving `app` on loopback from a daemon thread, reachable by other processes."""
+    """uvicorn serving `app` on loopback from a daemon thread, reachable by other processes
+    (with `config`, as given: e.g. `pkrelay serve`'s, from receiver.server)."""
 
-    def __init__(self, app: Any, port: int) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                interface="asgi3")
+    def __init__(self, app: Any, port: int, config: uvicorn.Config | None = None) -> None:
+        config = config or uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                          interface="asgi3")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,17 +17,6 @@ from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_system_id, new_token, sample_events
 from tests.harness import Deployment, write_config
 from tests.servers import ThreadedServer
-
-
-@pytest.fixture
-async def client(deployment: Deployment) -> AsyncIterator[AsyncTestClient]:
-    async with AsyncTestClient(app=deployment.app()) as c:
-        yield c
-
-
-@pytest.fixture
-def dispatcher(client: AsyncTestClient) -> FakeDispatcher:
-    return FakeDispatcher(client, "/dispatch")
 
 
 async def eventually(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -238,7 +226,7 @@ async def test_health_readiness_metrics_and_schema(client: AsyncTestClient, redi
                                                    dispatcher: FakeDispatcher, system_creds: dict[str, str]) -> None:
     assert (await client.get("/healthz")).status_code == 200
     ready = await client.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"redis": "ok", "database": "ok"}
+    assert ready.status_code == 200 and ready.json() == {"redis": "ok", "database": "ok", "spool": "ok"}
     before = (await client.get("/metrics")).text
     switch = "5a6b7c8d-1e2f-4a3b-8c9d-0e1f2a3b4c5d"
     await dispatcher.send(body("CREATE_SWITCH", system_creds["signing_token"], system_creds["system_id"], switch,

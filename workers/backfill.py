@@ -7,11 +7,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from pkrelay import db
 from pkrelay.config import Settings, SystemConfig
+from pkrelay.pluralkit import errors
 from pkrelay.pluralkit.client import PluralKitClient
 from workers import state
 from workers.enrich import SNAPSHOT, resync
 
 STEPS = 1 + len(SNAPSHOT)  # the system, then each kind
+
+
+class BackfillError(Exception):
+    """A snapshot that cannot be taken, in one line a user can act on."""
+
+
+def _explain(system: SystemConfig, exc: errors.PluralKitError) -> BackfillError:
+    if isinstance(exc, errors.Unauthorized):
+        return BackfillError(f"system {system.name!r}: PluralKit refused its api_token (401): it is wrong or was "
+                             "revoked; DM `pk;token` to the bot for the current one")
+    if isinstance(exc, errors.NotFound):
+        return BackfillError(f"system {system.name!r}: PluralKit knows no system {system.system_id or '@me'!r} (404)")
+    return BackfillError(f"system {system.name!r}: the PluralKit API failed: {exc}")
 
 
 async def backfill(settings: Settings, redis: Redis, systems: list[SystemConfig]) -> int:
@@ -31,6 +45,8 @@ async def backfill(settings: Settings, redis: Redis, systems: list[SystemConfig]
 
                 try:
                     result = await resync(client, system.system_id or "@me", advance)
+                except errors.PluralKitError as exc:
+                    raise _explain(system, exc) from None
                 finally:
                     await client.aclose()
                 system_id = str(result.entity["uuid"])

@@ -1,7 +1,8 @@
 """Receiver benchmark: accepted dispatches/s and latency, against a bare Litestar handler.
 
 Both apps run under the same uvicorn command (one process, uvloop, httptools) in the
-same run, and wrk drives each with the same realistic dispatch bodies. Then an
+same run, the receiver also with `pkrelay serve`'s protocol (httptools plus a read
+deadline), and wrk drives each with the same realistic dispatch bodies. Then an
 open-loop client sends at a fixed 200 requests/s to measure p50/p99 latency.
 
     python -m tests.bench.bench_receiver        (needs `wrk`: apt-get install wrk)
@@ -33,9 +34,10 @@ CONNECTIONS = 32
 MEMBER = "2ee0c92b-bb4f-4a2c-a9a8-3b7d8f3d5f10"
 
 
-def serve(target: str, port: int, env: dict[str, str], factory: bool) -> subprocess.Popen[bytes]:
+def serve(target: str, port: int, env: dict[str, str], factory: bool,
+          http: str = "httptools") -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--no-access-log",
-            "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+            "--log-level", "warning", "--loop", "uvloop", "--http", http]
     proc = subprocess.Popen(argv + (["--factory"] if factory else []), env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -102,10 +104,13 @@ def main() -> None:
                                                                "pronouns": "they/them"})
     results = {}
     try:
-        for name, target, factory in [("bare litestar", "tests.bench.bare_app:app", False),
-                                      ("pkrelay receiver", "tests.bench.receiver_app:app", True)]:
+        for name, target, factory, http in [
+            ("bare litestar", "tests.bench.bare_app:app", False, "httptools"),
+            ("pkrelay receiver", "tests.bench.receiver_app:app", True, "httptools"),
+            ("receiver, serve's", "tests.bench.receiver_app:app", True, "tests.bench.receiver_app:protocol"),
+        ]:
             port = free_port()
-            proc = serve(target, port, env, factory)
+            proc = serve(target, port, env, factory, http)
             try:
                 wrk(port, content, workdir)  # warm-up
                 rps, errors = wrk(port, content, workdir)
