@@ -32,6 +32,7 @@ from litestar import Request, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
 from litestar.handlers import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.exc import SQLAlchemyError
@@ -169,7 +170,12 @@ async def open_stream(request: Request[Any, Any, Any], systems: list[str], types
     return ServerSentEvent(_messages(cursor, settings, named), headers={"X-Accel-Buffering": "no"})
 
 
-@get("/api/stream", guards=[stream_access], summary="Every logged event, live, as Server-Sent Events")
+@get("/api/stream", guards=[stream_access], summary="Every logged event, live, as Server-Sent Events",
+     responses={
+         400: ResponseSpec(None, description="Last-Event-ID names no logged event"),
+         401: ResponseSpec(None, description="neither the admin token nor server.stream_token"),
+         404: ResponseSpec(None, description="the stream is off: admin_token and stream_token are empty"),
+     })
 async def event_stream(
     request: Request[Any, Any, Any],
     system: Annotated[list[str] | None, QueryParameter(description="system name or UUID (repeatable)")] = None,
