@@ -33,7 +33,8 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
     async def startup(ctx: dict[str, Any]) -> None:
         ctx[CTX_KEY] = Resources(
             live=live, engine=db.create_engine(live.current.database_url), redis=ctx["redis"],
-            http=httpx.AsyncClient(follow_redirects=False), retry_policy=retry_policy or RetryPolicy(),
+            http=httpx.AsyncClient(follow_redirects=False),
+            retry_policy=retry_policy or RetryPolicy.of(live.current.delivery),
             watcher=asyncio.create_task(live.watch(config_changed)),
         )
         Resources.of(ctx).open_sinks()
