@@ -77,13 +77,15 @@ async def test_a_poison_event_is_logged_as_text_and_its_system_goes_on(
     sink = _serve(sinks)
     dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, database_url, _sink(sink.url))
     poison = _update(system_creds, member["uuid"], {"name": "Kim", "huge": "HUGE"}).replace(b'"HUGE"', HUGE)
-    await _send(dep, _update(system_creds, member["uuid"], {"name": "Sam"}), poison,
+    infinite = _update(system_creds, member["uuid"], {"name": "Ana", "far": "FAR"}).replace(b'"FAR"', b"1e999")
+    await _send(dep, _update(system_creds, member["uuid"], {"name": "Sam"}), poison, infinite,
                 _update(system_creds, member["uuid"], {"name": "Lee"}))
     await dep.work(FAST)
-    first, bad, after = await dep.logged()
+    first, bad, worse, after = await dep.logged()
     assert first.entity["name"] == "Sam" and after.entity["name"] == "Lee"
     assert bad.entity is None and isinstance(bad.data, str) and HUGE.decode() in bad.data  # visible, as text
-    assert len(sink.received) == 3 and {d.status for d in await _deliveries(dep)} == {"delivered"}
+    assert worse.entity is None and worse.data == '{"name":"Ana","far":1e999}'
+    assert len(sink.received) == 4 and {d.status for d in await _deliveries(dep)} == {"delivered"}
 
     await _send(dep, _update(system_creds, member["uuid"], {"name": "Max"}))  # after a restart too
     await dep.work(FAST)

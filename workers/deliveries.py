@@ -91,6 +91,9 @@ async def settle(engine: AsyncEngine, event_id: str, sink: str, status: str, err
                  attempt: dict[str, Any] | None = None) -> None:
     """Record the attempt (if one was made) and the delivery's new state, in one transaction."""
     now = datetime.now(UTC)
+    if error is not None:  # a sink's answer may hold a NUL byte, which PostgreSQL's text refuses
+        error = error.replace("\x00", "\ufffd")
+        attempt = attempt and {**attempt, "error": error}
     d = db.deliveries
     values: dict[str, Any] = {"status": status, "last_error": error}
     if status == "delivered":
