@@ -217,6 +217,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from workers.deliveries import listing
+
+    if not 1 <= args.limit <= 1000:
+        raise UsageError(f"--limit {args.limit}: must be from 1 to 1000")
+    _, settings = _load(args, "deliveries")
+
+    async def go() -> list[bytes]:
+        engine = db.create_engine(settings.database_url)
+        try:
+            return [msgspec.json.encode(d) for d in await listing(engine, args.state, args.sink, args.limit)]
+        finally:
+            await engine.dispose()
+
+    for line in asyncio.run(go()):
+        print(line.decode())
+    return 0
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from workers.backfill import BackfillError, backfill
 
@@ -258,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", cmd_check, "validate the config and reach Redis, the database and the API"),
         ("events", cmd_events, "print the event log"),
         ("replay", cmd_replay, "deliver stored events to the sinks again, with the same ids"),
+        ("deliveries", cmd_deliveries, "list deliveries: the dead-lettered ones, or another state"),
         ("backfill", cmd_backfill, "take a full snapshot of each system through the API"),
         ("init", cmd_init, "write a commented starter pkrelay.toml (never overwrites)"),
     ]
@@ -273,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
             p.add_argument("--since", metavar="TIME", help="every event received since TIME (ISO 8601)")
             p.add_argument("--dead", action="store_true", help="every dead-lettered delivery")
+        if name == "deliveries":
+            p.add_argument("--state", choices=["dead", "pending", "delivered", "skipped"], default="dead",
+                           help="which deliveries (default: dead-lettered)")
+            p.add_argument("--sink", help="one sink, by name")
+            p.add_argument("--limit", type=int, default=100, help="at most this many, newest event first")
     return parser
 
 

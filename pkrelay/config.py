@@ -103,6 +103,18 @@ class DatabaseConfig(_Section):
     retention_days: int = 30  # the event log keeps this many days; pruned hourly
 
 
+class DeliveryConfig(_Section):
+    """How a failing sink is retried: after about `retry_first_s` (drawn from its upper
+    half), doubling up to `retry_max_s` between tries, until `retry_window_h` have passed
+    since the first attempt; then the delivery is dead-lettered."""
+
+    # At most 15 s, so a failing sink's first three retries come within two minutes.
+    retry_first_s: Annotated[float, msgspec.Meta(ge=1, le=15)] = 5
+    retry_max_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 3600
+    # At least a day (the contract's promise), at most 30 days.
+    retry_window_h: Annotated[float, msgspec.Meta(ge=24, le=720)] = 24
+
+
 class SystemConfig(_Section, kw_only=True):
     name: str
     system_id: str = ""
@@ -176,6 +188,7 @@ class Settings(_Section):
     pluralkit: PluralKitConfig = msgspec.field(default_factory=PluralKitConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     systems: list[SystemConfig] = msgspec.field(default_factory=list)
     sinks: list[Sink] = msgspec.field(default_factory=list)
 
@@ -317,6 +330,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"systems: duplicate name {dupes[0]!r}")
     if not settings.server.dispatch_path.startswith("/"):
         raise ConfigError("server.dispatch_path must start with '/'")
+    delivery = settings.delivery
+    if delivery.retry_max_s < delivery.retry_first_s:
+        raise ConfigError("delivery.retry_max_s must be at least delivery.retry_first_s")
+    if delivery.retry_window_h > settings.database.retention_days * 24:
+        raise ConfigError("delivery.retry_window_h must end within database.retention_days "
+                          "(a pruned event can no longer be delivered)")
     sink_names = [s.name for s in settings.sinks if s.name]
     dupes = sorted({n for n in sink_names if sink_names.count(n) > 1})
     if dupes:

@@ -15,6 +15,7 @@ from litestar.params import QueryParameter
 from pkrelay import eventlog, status
 from pkrelay.envelope import Event
 from receiver.relay import Relay
+from workers.deliveries import Delivery, State, listing
 
 
 def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
@@ -46,6 +47,19 @@ async def list_events(
     return await eventlog.query(relay.engine, system=system, event_type=event_type, since=since, limit=limit)
 
 
+@get("/deliveries", summary="Deliveries in one state (dead-lettered by default), newest event first",
+     responses=GUARDED)
+async def list_deliveries(
+    request: Request[Any, Any, Any],
+    delivery_state: Annotated[
+        State, QueryParameter(name="state", description="pending, dead, delivered or skipped")] = "dead",
+    sink: Annotated[str | None, QueryParameter(description="sink name (or key)")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> list[Delivery]:
+    relay: Relay = request.app.state.relay
+    return await listing(relay.engine, delivery_state, sink, limit)
+
+
 @get("/systems", summary="Each system: mode, polling, webhook, last dispatch, last poll, API budget use",
      responses=GUARDED)
 async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
@@ -53,4 +67,4 @@ async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return await status.systems(relay.live.current, relay.engine, relay.redis)
 
 
-api_router = Router(path="/api", route_handlers=[list_events, list_systems], guards=[admin_only])
+api_router = Router(path="/api", route_handlers=[list_events, list_deliveries, list_systems], guards=[admin_only])

@@ -48,6 +48,14 @@ class Cluster:
 
     def start(self) -> None:
         self._run(str(_binary("initdb")), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8")
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop the server (an outage), keeping its data for `resume`."""
+        self._run(str(_binary("pg_ctl")), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again), on the same port."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(str(_binary("pg_ctl")), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
                   "-w", "start")

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,11 +20,12 @@ from arq.connections import RedisSettings
 from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from pkrelay import db
+from pkrelay import config, db
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
+from tests.servers import clean_env
 from tests.sink_server import SinkServer
 from workers import deliveries
 from workers.deliveries import RetryPolicy
@@ -221,3 +224,71 @@ def test_the_default_retries_of_a_failing_sink_start_within_two_minutes_and_last
     for _ in range(100):  # jitter: every draw, not one lucky one
         assert sum(policy.delay(n) for n in range(1, 4)) < 120  # three retries within SPEC's 2 minutes
     assert policy.window >= 24 * 3600 and policy.delay(30) <= policy.cap
+
+
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+async def test_dead_lettered_deliveries_are_listed_by_the_api_and_the_cli(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    down, fine = _serve(sinks, respond=lambda n: 500), _serve(sinks)
+    extra = f'\n[server]\nadmin_token = "{ADMIN}"\n' + _sink(down.url, name="down") + _sink(fine.url, name="fine")
+    dep = await _deployment(tmp_path, redis_server, system_creds, extra, fake_pk)
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"), _update(system_creds, "Kim"))
+    await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
+    older, newer = await dep.logged()
+    async with AsyncTestClient(app=dep.app()) as client:
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        answer = await client.get("/api/deliveries", params={"state": "dead"}, headers=auth)
+        assert answer.status_code == 200
+        dead = answer.json()
+        assert [(d["event_id"], d["sink"]) for d in dead] == [(newer.id, "down"), (older.id, "down")]  # newest first
+        assert dead[0]["type"] == "UPDATE_MEMBER" and dead[0]["system"] == "home" and dead[0]["attempts"] >= 2
+        assert dead[0]["last_error"] == "HTTP 500" and dead[0]["first_attempt_at"] <= dead[0]["last_attempt_at"]
+        delivered = (await client.get("/api/deliveries", params={"state": "delivered", "sink": "fine", "limit": 1},
+                                      headers=auth)).json()
+        assert [(d["event_id"], d["state"]) for d in delivered] == [(newer.id, "delivered")]
+        assert (await client.get("/api/deliveries", params={"state": "lost"}, headers=auth)).status_code == 400
+        assert (await client.get("/api/deliveries")).status_code == 401
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pkrelay", "deliveries", "--config", str(dep.config_file), *args],
+                              capture_output=True, text=True, env=clean_env(), timeout=60)
+
+    listed = cli()
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["event_id"] for line in listed.stdout.splitlines()] == [newer.id, older.id]
+    assert cli("--sink", "fine").stdout == ""  # nothing of that sink is dead
+    wrong = cli("--limit", "0")
+    assert wrong.returncode == 2 and "--limit 0: must be from 1 to 1000" in wrong.stderr
+
+
+def test_the_delivery_section_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "pkrelay.toml"
+    path.write_text("[delivery]\nretry_first_s = 2\nretry_max_s = 600\nretry_window_h = 48\n")
+    policy = RetryPolicy.of(config.load(path, {}).delivery)
+    assert (policy.base, policy.cap, policy.window) == (2, 600, 48 * 3600)
+    for text, named in [("retry_first_s = 60", "delivery.retry_first_s"), ("retry_window_h = 12", "retry_window_h"),
+                        ("retry_first_s = 10\nretry_max_s = 5", "retry_max_s must be at least"),
+                        ("retry_window_h = 800", "delivery.retry_window_h")]:
+        path.write_text(f"[delivery]\n{text}\n")
+        with pytest.raises(config.ConfigError, match=named):
+            config.load(path, {})
+    path.write_text("[database]\nretention_days = 1\n[delivery]\nretry_window_h = 48\n")
+    with pytest.raises(config.ConfigError, match="within database.retention_days"):
+        config.load(path, {})
+
+
+async def test_the_worker_retries_on_the_configured_schedule(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    sink = _serve(sinks, respond=lambda n: 500 if n == 1 else 200)
+    dep = await _deployment(tmp_path, redis_server, system_creds,
+                            "\n[delivery]\nretry_first_s = 15\n" + _sink(sink.url), fake_pk)
+    await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
+    await dep.work()  # the policy of the config file, as `pkrelay worker` runs it
+    first, second = sink.received
+    assert second.at - first.at >= 7.5  # 7.5-15 s: the configured first retry, not the default 2.5-5 s

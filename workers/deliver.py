@@ -18,6 +18,7 @@ from arq import Retry
 
 from workers import deliveries, privacy, state
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
+from workers.outage import survives_outages
 from workers.resources import Resources
 from workers.sinks import DeliveryFailed, Outgoing, sender_for
 from workers.state import Kind
@@ -25,6 +26,7 @@ from workers.state import Kind
 log = logging.getLogger("pkrelay.deliver")
 
 
+@survives_outages
 async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
     """Attempt one delivery; returns the outcome, raises Retry to try again later."""
     res = Resources.of(ctx)

@@ -8,30 +8,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pkrelay import db
-from pkrelay.config import Sink
+from pkrelay.config import DeliveryConfig, Sink
 from pkrelay.envelope import Event
 from pkrelay.eventlog import row_to_event
 from pkrelay.retry import Backoff
 
 DELIVER_JOB = "deliver"
+State = Literal["pending", "dead", "delivered", "skipped"]
 
 
 @dataclass(frozen=True)
 class RetryPolicy(Backoff):
     """Delivery retries: first after 2.5-5 s (well within the contract's 2 minutes),
     doubling to an hour, for `window` seconds from the first attempt (the contract says
-    at least 24 h); then the delivery is dead-lettered."""
+    at least 24 h); then the delivery is dead-lettered. `[delivery]` in the config."""
 
     base: float = 5.0
     cap: float = 3600.0
     window: float = 24 * 3600.0
+
+    @classmethod
+    def of(cls, config: DeliveryConfig) -> RetryPolicy:
+        return cls(base=config.retry_first_s, cap=config.retry_max_s, window=config.retry_window_h * 3600)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,9 @@ async def settle(engine: AsyncEngine, event_id: str, sink: str, status: str, err
                  attempt: dict[str, Any] | None = None) -> None:
     """Record the attempt (if one was made) and the delivery's new state, in one transaction."""
     now = datetime.now(UTC)
+    if error is not None:  # a sink's answer may hold a NUL byte, which PostgreSQL's text refuses
+        error = error.replace("\x00", "\ufffd")
+        attempt = attempt and {**attempt, "error": error}
     d = db.deliveries
     values: dict[str, Any] = {"status": status, "last_error": error}
     if status == "delivered":
@@ -121,3 +130,35 @@ async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, eve
                 await plan(conn, row.id, row.type, row.system, sinks)
     async with engine.connect() as conn:
         return await enqueue_pending(redis, conn, ids)
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One delivery as operators see it (`/api/deliveries`, `pkrelay deliveries`)."""
+
+    event_id: str
+    type: str
+    system: str | None
+    system_id: str | None
+    sink: str
+    state: str
+    attempts: int
+    last_error: str | None
+    first_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+async def listing(engine: AsyncEngine, state: State = "dead", sink: str | None = None,
+                  limit: int = 100) -> list[Delivery]:
+    """Deliveries in this state (of this sink, by its name or key), newest event first."""
+    e, d = db.events, db.deliveries
+    query = (sa.select(d, e.c.type, e.c.system, e.c.system_id).join(e, e.c.id == d.c.event_id)
+             .where(d.c.status == state))
+    if sink:
+        query = query.where(d.c.sink == sink)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query.order_by(d.c.event_id.desc(), d.c.sink).limit(limit))).all()
+    return [Delivery(event_id=r.event_id, type=r.type, system=r.system, system_id=r.system_id, sink=r.sink,
+                     state=r.status, attempts=r.attempts, last_error=r.last_error,
+                     first_attempt_at=r.first_attempt_at, last_attempt_at=r.last_attempt_at,
+                     delivered_at=r.delivered_at) for r in rows]

@@ -152,17 +152,19 @@ async def _fetch_created(client: PluralKitClient, kind: Kind, system_id: str, ke
 
 
 async def _switch_members(view: state.View, fetched: list[Any], sent: list[Any] | None) -> list[Any]:
-    """Full member objects for a switch, in the order the dispatch gave.
+    """Full member objects for a switch, in PluralKit's order.
 
-    Dispatches list member UUIDs; /switches/{id} answers full members, possibly of the
-    state before the change. The dispatch's list wins; each member comes from the
-    fetch, else the store, else is known only by its UUID.
+    Dispatches list member UUIDs in no particular order; /switches/{id} answers full
+    members in the switch's real order, possibly of the state before the change. So the
+    dispatch says who, the fetch says in what order: members the fetch did not return
+    follow, from the store, else known only by their UUID.
     """
     if sent is None:
         return fetched
-    known = {m["uuid"]: m for m in fetched if isinstance(m, dict) and "uuid" in m}
-    stored = await view.get_many(Kind.MEMBER, [u for u in sent if isinstance(u, str) and u not in known])
-    return [known.get(u) or stored.get(u) or {"uuid": u} for u in sent if isinstance(u, str)]
+    wanted = [u for u in sent if isinstance(u, str)]
+    known = {m["uuid"]: m for m in fetched if isinstance(m, dict) and m.get("uuid") in wanted}
+    stored = await view.get_many(Kind.MEMBER, [u for u in wanted if u not in known])
+    return [*known.values(), *(stored.get(u) or {"uuid": u} for u in dict.fromkeys(wanted) if u not in known)]
 
 
 # What a full snapshot reads, in order: members before switches, which name them.

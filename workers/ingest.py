@@ -28,6 +28,7 @@ from pkrelay.pluralkit import errors
 from pkrelay.retry import Backoff, Retryable
 from workers import schedule, state
 from workers.enrich import Enriched, enrich
+from workers.outage import survives_outages
 from workers.record import record
 from workers.resources import Resources
 
@@ -42,7 +43,7 @@ ENRICH_RETRY = Backoff(base=2.0, cap=300.0)
 BATCH = 50
 
 
-def envelope_of(job: queue.QueuedDispatch, enriched: Enriched) -> Event:
+def envelope_of(job: queue.QueuedDispatch, data: Any, enriched: Enriched) -> Event:
     return Event(
         id=job.event_id,
         type=job.type,
@@ -50,7 +51,7 @@ def envelope_of(job: queue.QueuedDispatch, enriched: Enriched) -> Event:
         system_id=job.system_id,
         entity_id=job.entity_id,
         received_at=ms_to_datetime(job.received_ms),
-        data=msgspec.json.decode(job.data),
+        data=data,
         entity=enriched.entity,
         previous=enriched.previous,
     )
@@ -72,6 +73,16 @@ async def _enrich(res: Resources, tries: int, view: state.View, job: queue.Queue
         return Enriched(note=f"the API refused: {exc}")
 
 
+def _data(job: queue.QueuedDispatch) -> tuple[Any, str | None]:
+    """The event's `data`, or, when it cannot be read as stored JSON (an integer of
+    thousands of digits in a key PluralKit's model does not check), its text and why."""
+    try:
+        return msgspec.json.decode(job.data), None
+    except msgspec.DecodeError as exc:
+        return job.data.decode("utf-8", "replace"), str(exc)
+
+
+@survives_outages
 async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
     """Log this event, after every older pending event of its system; True when this
     job's event was logged by this call."""
@@ -124,10 +135,15 @@ async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> 
         logged = set((await conn.execute(sa.select(db.events.c.id).where(db.events.c.id.in_(ids)))).scalars())
         view = state.View(conn)
         for job in jobs:
-            data = msgspec.json.decode(job.data)
+            data, unreadable = _data(job)
             try:
-                enriched = Enriched() if job.event_id in logged else await _enrich(
-                    res, tries, view, job, res.settings.system(job.system), data)
+                if unreadable:
+                    log.warning("%s %s: its data cannot be stored as sent (%s): logged as text, without entity",
+                                job.type, job.event_id, unreadable)
+                    enriched = Enriched()
+                else:
+                    enriched = Enriched() if job.event_id in logged else await _enrich(
+                        res, tries, view, job, res.settings.system(job.system), data)
             except Retry as exc:
                 failure = exc
                 break
@@ -137,7 +153,7 @@ async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> 
                     and job.event_id not in logged:
                 await schedule.reconcile_soon(res.redis, job.system)  # an entity we never saw: we missed something
             await view.record(enriched.writes)
-            done.append((envelope_of(job, enriched), job, enriched))
+            done.append((envelope_of(job, data, enriched), job, enriched))
     items = [(event, enriched.writes) for event, _, enriched in done]
     new = await record(res, jobs[0].system, items) if items else set()
     calls = sum(enriched.calls for _, _, enriched in done)

@@ -120,6 +120,8 @@ def strip(envelope: dict[str, Any], system: dict[str, Any] | None) -> dict[str, 
     if event_type in OWNER_ONLY:
         return None
     data = envelope.get("data")
+    if not isinstance(data, dict):  # null, or an event logged as text (workers.record): not judged, withheld
+        data = None
     if event_type.endswith("_MESSAGE"):
         return {**envelope, "data": _message(data), "entity": _message(envelope.get("entity")),
                 "previous": None}

@@ -17,6 +17,7 @@ from workers.ingest import ingest_dispatch
 from workers.poll import poll_tick
 from workers.resources import CTX_KEY, Resources
 from workers.retention import prune_events
+from workers.sweep import SWEEP_EVERY_S, sweep
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
 # 2-minute redelivery guarantee (docs/contract.md) needs job_timeout well under 110 s.
@@ -32,7 +33,8 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
     async def startup(ctx: dict[str, Any]) -> None:
         ctx[CTX_KEY] = Resources(
             live=live, engine=db.create_engine(live.current.database_url), redis=ctx["redis"],
-            http=httpx.AsyncClient(follow_redirects=False), retry_policy=retry_policy or RetryPolicy(),
+            http=httpx.AsyncClient(follow_redirects=False),
+            retry_policy=retry_policy or RetryPolicy.of(live.current.delivery),
             watcher=asyncio.create_task(live.watch(config_changed)),
         )
         Resources.of(ctx).open_sinks()
@@ -50,6 +52,9 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
             cron(prune_events, minute=17, run_at_startup=True),
             # Every second; arq runs each slot on one worker only.
             cron(poll_tick, second=set(range(60)), timeout=30, max_tries=1, keep_result=0),
+            # Work no job holds (a job lost or given up on) gets one again.
+            cron(sweep, second=set(range(0, 60, SWEEP_EVERY_S)), run_at_startup=True, timeout=30, max_tries=1,
+                 keep_result=0),
         ],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "on_startup": startup,

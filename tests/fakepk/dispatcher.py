@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import uuid
 from typing import Any
 
@@ -40,8 +41,19 @@ def body(event_type: str, token: str | None, system_id: str | None, entity_id: s
     obj["system_id"] = system_id
     if not ping:
         obj["id"] = entity_id
-        obj["data"] = data
+        obj["data"] = _in_no_order(event_type, data)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _in_no_order(event_type: str, data: Any) -> Any:
+    """CREATE_SWITCH lists its members in no particular order: here never the one given
+    (the switch's real order is what the API answers)."""
+    if event_type != "CREATE_SWITCH" or not isinstance(data, dict) or len(set(data.get("members") or ())) < 2:
+        return data
+    members = list(data["members"])
+    while members == data["members"]:
+        random.shuffle(members)
+    return {**data, "members": members}
 
 
 def sample_events(token: str, system_id: str) -> list[tuple[str, bytes]]:
