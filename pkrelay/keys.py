@@ -80,16 +80,22 @@ class SystemLock:
 
     async def _renew(self, holder: asyncio.Task[Any]) -> None:
         loop = asyncio.get_running_loop()
-        renewed = loop.time()
+        renewed = loop.time()  # when the last renewal that worked was sent: the lease counts from then at worst
         while True:
             await asyncio.sleep(SYSTEM_LOCK_RENEW_S)
+            if holder.done():  # it ended without releasing: let the lease lapse
+                return
+            sent = loop.time()
             try:
-                await self.reacquire()
-                renewed = loop.time()
+                # A renewal that has not answered by the deadline counts as failed,
+                # however long the client would go on retrying it.
+                async with asyncio.timeout(max(0.0, renewed + SYSTEM_LOCK_S - SYSTEM_LOCK_MARGIN_S - sent)):
+                    await self.reacquire()
+                renewed = sent
                 continue
             except LockNotOwnedError:
                 reason = "it lapsed and may be held elsewhere"
-            except RedisError as exc:  # a Redis restart: try again while the lease lasts
+            except (RedisError, TimeoutError) as exc:  # a Redis restart: try again while the lease lasts
                 if loop.time() - renewed < SYSTEM_LOCK_S - SYSTEM_LOCK_MARGIN_S:
                     continue
                 reason = f"Redis did not answer for {loop.time() - renewed:.0f} s ({type(exc).__name__})"

@@ -8,6 +8,7 @@ keeps the queue), a webhook sink that notes when each event arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
+from redis.exceptions import LockError
 
 from pkrelay import keys, queue
 from pkrelay.redis_server import EmbeddedRedis
@@ -134,3 +136,32 @@ async def test_a_worker_killed_holding_a_system_lock_holds_the_system_seconds_no
                 proc.wait(30)
         await redis.aclose()
         sink.stop()
+
+
+async def test_a_system_lock_lasts_while_its_holder_works_and_stops_the_holder_once_lost(
+    redis_server: EmbeddedRedis,
+) -> None:
+    redis = queue.connect(redis_server.url)
+    name = keys.system_lock_name("home")
+    lock = keys.system_lock(redis, "home")
+    wrote: list[str] = []
+
+    async def hold() -> None:
+        assert await lock.acquire(blocking_timeout=1)
+        try:
+            await asyncio.sleep(keys.SYSTEM_LOCK_S + 2)  # longer than the lease: renewed meanwhile
+            assert not await keys.system_lock(redis, "home").acquire(blocking_timeout=0.2)
+            await redis.set(name, b"another worker")  # as if it had lapsed and been taken
+            await asyncio.sleep(keys.SYSTEM_LOCK_S)
+            wrote.append("after losing the lock")
+        finally:
+            with contextlib.suppress(LockError):
+                await lock.release()
+
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(hold())
+        assert wrote == []
+        assert await redis.get(name) == b"another worker"  # and the loser did not release the winner's lock
+    finally:
+        await redis.aclose()
