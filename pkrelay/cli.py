@@ -82,10 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from arq.worker import Worker
-
     from workers import metrics
-    from workers.settings import worker_settings
+    from workers.settings import Worker, worker_settings
 
     path, settings = _load(args, "worker")
     redis_url = _need_redis(settings, "worker")

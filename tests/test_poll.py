@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
 from tests.harness import Deployment, until, write_config
+from workers import state
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
@@ -258,3 +260,110 @@ async def test_a_revoked_api_token_invents_no_events_and_is_reported(
     async with AsyncTestClient(app=dep.app()) as client:
         answer = await client.get("/api/systems", headers={"Authorization": "Bearer admin-0123456789abcdef"})
     assert answer.json()[0]["api_token"] == "ok"
+
+
+async def _dispatch(dep: Deployment, creds: dict[str, str], event_type: str, entity_id: str | None,
+                    data: Any) -> None:
+    """A dispatch answered by the receiver and logged by a worker."""
+    async with AsyncTestClient(app=dep.app()) as client:
+        content = body(event_type, creds["signing_token"], creds["system_id"], entity_id, data)
+        assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
+    await dep.work()
+
+
+async def _poll_answered_stale(dep: Deployment, fake: FakePluralKit, suffix: str, now: float,
+                               meanwhile: Callable[[], Awaitable[None]]) -> int:
+    """A poll whose answer to `suffix` is taken as the API stands, then held while
+    `meanwhile` changes the API and logs the dispatch that says so; then the poll
+    goes on and compares."""
+    pause = fake.pause(suffix)
+    polling = asyncio.create_task(dep.poll(now))
+    await until(lambda: asyncio.sleep(0, pause.reached.is_set()), 30, f"the poll's {suffix} answer")
+    try:
+        await meanwhile()
+    finally:
+        pause.released.set()
+    return await polling
+
+
+async def test_a_poll_answer_older_than_a_dispatch_logged_meanwhile_is_no_event(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    """The order a sink saw: dispatch "58", dispatch "88", poll "58". A dispatch logged
+    while the poll's answer was on its way is newer than that answer: the poll must not
+    report the old value, while a change nobody dispatched (Sam's) is still found."""
+    alex, sam = fake_pk.add_member(fake_system, "Alex"), fake_pk.add_member(fake_system, "Sam")
+    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "auto")
+    t0 = time.time()
+    await dep.poll(t0)
+    alex["name"] = "58"
+    await _dispatch(dep, creds, "UPDATE_MEMBER", alex["uuid"], {"name": "58"})
+    sam["name"] = "Sal"  # this dispatch was lost
+
+    async def renamed_again() -> None:
+        alex["name"] = "88"
+        await _dispatch(dep, creds, "UPDATE_MEMBER", alex["uuid"], {"name": "88"})
+
+    assert await _poll_answered_stale(dep, fake_pk, "/members", t0 + 130, renamed_again) == 1
+    updates = [(r.source, r.entity_id, r.data) for r in await _updates(dep)]
+    assert updates == [("dispatch", alex["uuid"], {"name": "58"}), ("dispatch", alex["uuid"], {"name": "88"}),
+                       ("poll", sam["uuid"], {"name": "Sal"})]
+
+    def member_lists() -> int:
+        return sum(1 for j in fake_pk.journal if j.path.endswith("/members"))
+
+    listed = member_lists()
+    assert await dep.poll(t0 + 133) == 0  # Alex's check runs again soon, not in 100 s: nothing new
+    assert member_lists() == listed + 1
+    assert len(await _updates(dep)) == 3
+
+
+async def test_a_switch_logged_while_the_poll_fetched_yields_no_phantom_switch_events(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    a, b = fake_pk.add_member(fake_system, "A"), fake_pk.add_member(fake_system, "B")
+    fake_pk.add_switch(fake_system, [a["uuid"]], "2026-11-22T10:00:00.000000Z")
+    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "auto")
+    t0 = time.time()
+    await dep.poll(t0)
+    switched: dict[str, Any] = {}
+
+    async def switch() -> None:  # after /fronters answered "A", while /switches is held
+        switched.update(fake_pk.add_switch(fake_system, [b["uuid"]]))
+        await _dispatch(dep, creds, "CREATE_SWITCH", switched["id"],
+                        {"id": switched["id"], "timestamp": switched["timestamp"], "members": [b["uuid"]]})
+
+    assert await _poll_answered_stale(dep, fake_pk, "/switches", t0 + 130, switch) == 0
+    for later in (133, 136, 260, 390):
+        assert await dep.poll(t0 + later) == 0
+    rows = await dep.logged()
+    assert [(r.source, r.type, r.entity_id) for r in rows] == [("dispatch", "CREATE_SWITCH", switched["id"])]
+    engine = db.create_engine(dep.live().current.database_url)
+    try:
+        async with engine.connect() as conn:
+            front = await state.get(conn, state.Kind.FRONTERS, fake_system.uuid)
+    finally:
+        await engine.dispose()
+    assert front is not None and front.data["id"] == switched["id"]  # the store was not set back to "A"
+
+
+async def test_a_system_that_never_stops_dispatching_is_still_reconciled(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
+) -> None:
+    """A dispatch lands during every poll: only what it wrote is left out, so the lost
+    changes of everything else still come through at once."""
+    chatty = fake_pk.add_member(fake_system, "Chatty")
+    quiet = [fake_pk.add_member(fake_system, f"Q{i}") for i in range(3)]
+    dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
+    t0 = time.time()
+    await dep.poll(t0)
+    for step, member in enumerate(quiet, start=1):
+        member["description"] = f"lost {step}"  # no dispatch for these
+
+        async def chatter(step: int = step) -> None:
+            chatty["description"] = f"said {step}"
+            await _dispatch(dep, creds, "UPDATE_MEMBER", chatty["uuid"], {"description": f"said {step}"})
+
+        assert await _poll_answered_stale(dep, fake_pk, "/members", t0 + 10 * step, chatter) == 1
+    polled = [r.data for r in await _updates(dep) if r.source == "poll"]
+    assert polled == [{"description": f"lost {step}"} for step in (1, 2, 3)]

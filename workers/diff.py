@@ -4,11 +4,14 @@ A pure function of the stored snapshot and the fetched answers, so it can be tes
 on its own. What a dispatch already reported is in the store and yields nothing;
 anything else becomes an event with `source: "poll"`, PluralKit's type name and only
 the changed keys in `data`. A kind never seen before is recorded quietly, as the
-baseline.
+baseline. An entity a dispatch wrote while the answers were on their way (`moved`)
+is left alone: the answer may be older than what the dispatch stored, and reporting
+it would turn a stale value into a change (and back, at the next poll).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,20 +50,23 @@ def _created_switch(switch: dict[str, Any]) -> dict[str, Any]:
     return {"id": switch["id"], "timestamp": switch.get("timestamp"), "members": _uuids(switch)}
 
 
-def diff(system_id: str, stored: Snapshot, fetched: dict[Kind, Any], now: datetime) -> Changes:
-    """The events (with their state writes) that turn `stored` into `fetched`.
+def diff(system_id: str, stored: Snapshot, fetched: dict[Kind, Any], now: datetime,
+         moved: Collection[tuple[Kind, str]] = frozenset()) -> Changes:
+    """The events (with their state writes) that turn `stored` into `fetched`, except
+    for the entities in `moved`, which yield nothing and write nothing.
 
     `fetched` holds the JSON shape of each answer by kind: objects for system,
     settings and fronters, lists for members, groups and switches.
     """
-    return _Diff(system_id, stored, now).run(fetched)
+    return _Diff(system_id, stored, now, moved).run(fetched)
 
 
 class _Diff:
-    def __init__(self, system_id: str, stored: Snapshot, now: datetime) -> None:
+    def __init__(self, system_id: str, stored: Snapshot, now: datetime, moved: Collection[tuple[Kind, str]]) -> None:
         self.system_id = system_id
         self.stored = stored.rows
         self.unconfirmed = stored.unconfirmed
+        self.moved = moved
         self.now = now
         self.out = Changes()
 
@@ -86,6 +92,8 @@ class _Diff:
         return self.out
 
     def single(self, kind: Kind, event_type: str, entity: dict[str, Any]) -> None:
+        if (kind, self.system_id) in self.moved:
+            return
         before = self.stored[kind].get(self.system_id)
         writes: list[Write] = [Put(kind, self.system_id, entity, self.now)]
         if before is None:
@@ -98,6 +106,8 @@ class _Diff:
         first_sight = not stored_all
         current = {e["uuid"]: e for e in entities}
         for uuid, entity in current.items():
+            if (kind, uuid) in self.moved:
+                continue
             before = stored_all.get(uuid)
             writes: list[Write] = [Put(kind, uuid, entity, self.now)]
             if before is None:
@@ -113,12 +123,14 @@ class _Diff:
             if members is not None:  # no dispatch exists for this: only polling sees it
                 self.emit("UPDATE_GROUP_MEMBERS", uuid, {"members": members}, entity, before, writes)
         for uuid, before in stored_all.items():
-            if uuid not in current:
+            if uuid not in current and (kind, uuid) not in self.moved:
                 self.emit(f"DELETE_{noun}", uuid, None, None, before, [Delete(kind, uuid)])
 
     def fronters(self, front: dict[str, Any]) -> None:
         stored = self.stored[Kind.FRONTERS].get(self.system_id)
         switch_id = front.get("id")
+        if (Kind.FRONTERS, self.system_id) in self.moved or (Kind.SWITCH, switch_id) in self.moved:
+            return
         writes: list[Write] = [Put(Kind.FRONTERS, self.system_id, front, self.now)]
         if switch_id:
             writes.append(Put(Kind.SWITCH, switch_id, front, self.now))
@@ -148,9 +160,10 @@ class _Diff:
             return
         emitted = {e.entity_id for e, _ in self.out.events}
         for sid, sw in by_id.items():
-            if sid not in stored and sid != current_id and sid not in emitted:
+            if sid not in stored and sid != current_id and sid not in emitted and (Kind.SWITCH, sid) not in self.moved:
                 self.emit("CREATE_SWITCH", sid, _created_switch(sw), sw, None, [Put(Kind.SWITCH, sid, sw, self.now)])
         oldest = min(s["timestamp"] for s in listed)
         for sid, before in stored.items():
-            if sid not in by_id and sid != current_id and str(before.get("timestamp", "")) >= oldest:
+            if sid not in by_id and sid != current_id and str(before.get("timestamp", "")) >= oldest \
+                    and (Kind.SWITCH, sid) not in self.moved:
                 self.emit("DELETE_SWITCH", sid, None, None, before, [Delete(Kind.SWITCH, sid)])

@@ -7,10 +7,16 @@ tick runs every system's due checks (workers.schedule) under the system's poll
 lease, compares the answers with the store (workers.diff) under the system's lock,
 after every pending dispatch is logged, and logs what changed. All calls go through
 the limiter shared with enrichment.
+
+Dispatches keep being logged while a poll fetches, so an answer may be older than
+the store by the time it is compared. The store is read before the fetch too: an
+entity written in between is left out of the diff (only that entity, so a system
+that never stops dispatching is still reconciled) and its check runs again soon.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -26,13 +32,19 @@ from workers import fetch, registration, schedule, state, token
 from workers.diff import diff
 from workers.record import record
 from workers.resources import Resources
-from workers.state import Kind
+from workers.state import Kind, Snapshot
 
 log = logging.getLogger("pkrelay.poll")
 
 POLL_CYCLES = Counter("pkrelay_poll_cycles_total", "Poll checks run", ["system", "check"])
 POLL_CHANGES = Counter("pkrelay_poll_changes_total", "Changes found by polling", ["system", "type"])
 POLL_CALLS = Counter("pkrelay_poll_api_calls_total", "API calls spent by polling", ["system"])
+
+# A check whose answer could not be used runs again this soon.
+RECHECK_S = 2.0
+# How long a poll waits for its system's pending dispatches to be logged before it
+# gives its answers up (and checks again soon).
+PENDING_WAIT_S = 5.0
 
 
 async def poll_tick(ctx: dict[str, Any], now: float | None = None) -> int:
@@ -69,6 +81,7 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
             return 0
         if rejected:
             due = [Kind.SYSTEM] if Kind.SYSTEM in due else []  # only the token check until it works
+        before = None if rejected else await _snapshot(res, ref)
         fetched: dict[Kind, Any] = {}
         unauthorized = False
         for check in due:
@@ -101,7 +114,7 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
                 return 0
             await token.mark(redis, system.name, False)
             ref = await res.system_id(system)
-        emitted = await _apply(res, system, ref, fetched)
+        emitted = await _apply(res, system, ref, fetched, before, now)
         if Kind.SYSTEM in fetched and system.api_token:
             await registration.check(redis, res.settings.server.public_url, system, fetched[Kind.SYSTEM], now)
         return emitted
@@ -109,17 +122,40 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
         await schedule.release(lease)
 
 
-async def _apply(res: Resources, system: SystemConfig, system_id: str, fetched: dict[Kind, Any]) -> int:
-    """Diff against the store under the system's ingest lock, after pending dispatches."""
+async def _snapshot(res: Resources, system_id: str) -> Snapshot:
+    async with res.engine.connect() as conn:
+        return await state.snapshot(conn, system_id)
+
+
+async def _lock_without_pending(res: Resources, system: SystemConfig) -> keys.SystemLock | None:
+    """The system's lock, taken while no dispatch of it waits to be logged (one would
+    look like a change found by polling), or None if dispatches kept coming."""
     lock = keys.system_lock(res.redis, system.name)
-    if not await lock.acquire(blocking_timeout=5):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PENDING_WAIT_S
+    while await lock.acquire(blocking_timeout=5):
+        if not await res.redis.zcard(keys.pending(system.name)):
+            return lock
+        await schedule.release(lock)  # the workers logging them need it
+        if loop.time() > deadline:
+            return None
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def _apply(res: Resources, system: SystemConfig, system_id: str, fetched: dict[Kind, Any],
+                 before: Snapshot | None, now: float) -> int:
+    """Diff against the store under the system's ingest lock, after pending dispatches,
+    leaving out what dispatches wrote since `before` (read before the fetch)."""
+    lock = await _lock_without_pending(res, system)
+    if lock is None:
+        await schedule.due_soon(res.redis, system.name, set(fetched), now, RECHECK_S)
         return 0
     try:
-        if await res.redis.zcard(keys.pending(system.name)):
-            return 0  # dispatches still to log would look like our changes: next time
-        async with res.engine.connect() as conn:
-            stored = await state.snapshot(conn, system_id)
-        changes = diff(system_id, stored, fetched, datetime.now(UTC))
+        stored = await _snapshot(res, system_id)
+        moved = stored.moved_since(before) if before is not None else set()
+        await schedule.due_soon(res.redis, system.name, {kind for kind, _ in moved} & set(fetched), now, RECHECK_S)
+        changes = diff(system_id, stored, fetched, datetime.now(UTC), moved)
         if changes.quiet:
             async with res.engine.begin() as conn:
                 await state.apply(conn, system_id, changes.quiet)

@@ -68,6 +68,13 @@ async def take_due(redis: Redis, system: str, plan: dict[Kind, float], now: floa
     return due
 
 
+async def due_soon(redis: Redis, system: str, checks: set[Kind], now: float, seconds: float) -> None:
+    """These checks run again `seconds` from now, whatever their cadence: their answers
+    could not be used (a dispatch moved what they cover while they were fetched)."""
+    if checks:
+        await redis.hset(keys.poll(system, "next"), mapping={check: now + seconds for check in checks})
+
+
 def lease(redis: Redis, system: str) -> Lock:
     return redis.lock(keys.poll(system, "lease"), timeout=LEASE_S)
 

@@ -87,6 +87,14 @@ class Snapshot:
     rows: dict[Kind, dict[str, dict[str, Any]]] = field(default_factory=lambda: {kind: {} for kind in Kind})
     unconfirmed: set[tuple[Kind, str]] = field(default_factory=set)
 
+    def moved_since(self, before: Snapshot) -> set[tuple[Kind, str]]:
+        """The entities written between `before` and this snapshot: changed, added or removed."""
+        moved = self.unconfirmed ^ before.unconfirmed
+        for kind in Kind:
+            now, then = self.rows[kind], before.rows[kind]
+            moved |= {(kind, key) for key in now.keys() | then.keys() if now.get(key) != then.get(key)}
+        return moved
+
 
 async def snapshot(conn: AsyncConnection, system_id: str) -> Snapshot:
     """One read of everything stored of a system."""

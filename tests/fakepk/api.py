@@ -63,6 +63,16 @@ class Journal:
 
 
 @dataclass
+class Pause:
+    """The first request whose path ends with `suffix` is answered as the API stood
+    when it arrived, but only once released: an answer that is stale on arrival."""
+
+    suffix: str
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class FakeSystem:
     token: str
     system: dict[str, Any]
@@ -102,6 +112,7 @@ class FakePluralKit:
         self._injected: deque[tuple[int, dict[str, Any] | None]] = deque()
         self._uncommitted: dict[str, float] = {}  # entity uuid -> when its GET stops answering 404
         self.delay = 0.0
+        self.pauses: list[Pause] = []
         self.lock = threading.Lock()
         self.port = free_port()
 
@@ -151,6 +162,12 @@ class FakePluralKit:
         system.switches.sort(key=lambda s: s["timestamp"])
         return switch
 
+    def pause(self, suffix: str) -> Pause:
+        """Hold the next answer to a path ending with `suffix` (see Pause)."""
+        pause = Pause(suffix)
+        self.pauses.append(pause)
+        return pause
+
     def inject(self, status: int, body: dict[str, Any] | None = None, count: int = 1) -> None:
         """The next `count` limited requests get this answer (after spending budget)."""
         for _ in range(count):
@@ -185,10 +202,15 @@ class FakePluralKit:
         with self.lock:
             status, payload, extra = self.handle(scope["method"], scope["path"], query, headers, body,
                                                  scope["client"][0] if scope.get("client") else "127.0.0.1")
+        content = b"" if payload is None else _encode(payload)
+        for pause in self.pauses:
+            if scope["path"].endswith(pause.suffix) and not pause.reached.is_set():
+                pause.reached.set()
+                await asyncio.to_thread(pause.released.wait, 60)
         out_headers = [(b"content-type", b"application/json")] if payload is not None else []
         out_headers += [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        await send({"type": "http.response.body", "body": b"" if payload is None else _encode(payload)})
+        await send({"type": "http.response.body", "body": content})
 
     def _limit(self, key: str, scope: str) -> tuple[bool, dict[str, str], int]:
         """GCRA, burst = rate, period 1 s; remaining rounded down; refusals spend budget."""
