@@ -1,11 +1,13 @@
-"""Database errors: the ones that pass (an outage, a lock) and the ones a row carries.
+"""Outages of the database and of Redis: the errors that pass, and the ones a row carries.
 
-arq retries a job only when it raises `arq.Retry`; anything else fails it for good.
-So every job that touches the database goes through `survives_outages`: an error that
-may pass (the server restarting, a connection dropped, SQLite locked by another
-writer) becomes a Retry with backoff, and the job carries on when the database is
-back. An error in the data itself (a value the database cannot hold) is not retried:
-it would fail the same way forever (`workers.record` stores such rows another way).
+arq retries a job only when it raises `arq.Retry`; anything else fails it for good
+(and a failed job is gone from the queue). So every job goes through
+`survives_outages`: an error that may pass (a server restarting, a connection dropped,
+SQLite locked by another writer) becomes a Retry, and the job carries on when the
+server is back: after about a second for Redis (the contract allows a restart to delay
+an event by 10 s at most), with backoff for the database. An error in the data itself
+(a value the database cannot hold) is not retried: it would fail the same way forever
+(`workers.record` stores such rows another way).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 import sqlalchemy as sa
 from arq import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pkrelay.retry import Backoff
 
@@ -27,6 +31,10 @@ log = logging.getLogger("pkrelay.worker")
 # Half a second, doubling to half a minute: a restarting database is picked up within
 # seconds, a long outage costs one attempt per job every 15-30 s.
 OUTAGE_RETRY = Backoff(base=0.5, cap=30.0)
+# What a restarting Redis looks like from a job (BusyLoadingError, while it reads its
+# append-only file back, is a ConnectionError); such a job runs again this soon.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+REDIS_RETRY_S = 1.0
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,12 +73,15 @@ def data_error(exc: BaseException) -> bool:
 
 
 def survives_outages(job: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """The job, retried with backoff (arq's Retry) while the database is unavailable."""
+    """The job, retried (arq's Retry) while the database or Redis is unavailable."""
 
     @functools.wraps(job)
     async def run(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await job(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            log.warning("%s: Redis is away (%s); retrying in %.0f s", job.__name__, exc, REDIS_RETRY_S)
+            raise Retry(defer=REDIS_RETRY_S) from exc
         except Exception as exc:
             if isinstance(exc, Retry) or not transient(exc):
                 raise

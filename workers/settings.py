@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 from typing import Any
 
 import arq.worker
 import httpx
-from arq import Retry, cron, func
+from arq import cron, func
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
-from arq.typing import WorkerCoroutine
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from pkrelay import db, logs
@@ -32,6 +28,7 @@ from pkrelay.retry import Backoff
 from workers.deliver import deliver
 from workers.deliveries import RetryPolicy
 from workers.ingest import ingest_dispatch
+from workers.outage import REDIS_DOWN
 from workers.poll import poll_tick
 from workers.resources import CTX_KEY, Resources
 from workers.retention import prune_events
@@ -43,10 +40,7 @@ JOB_TIMEOUT_S = 60
 
 log = logging.getLogger("pkrelay.worker")
 
-# What a restarting server looks like from here (BusyLoadingError, while it reads its
-# append-only file back, is a ConnectionError; a connection lost while arq watches a
-# job's key becomes a WatchError).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# A connection lost while arq watches a job's key becomes a WatchError.
 LOST_REDIS = (*REDIS_DOWN, WatchError)
 # Each command retries for about 4 s (0.05 s doubling to 1 s) before it fails: a
 # restart of a second or two goes unnoticed. OSError: a refused connect, which
@@ -57,24 +51,6 @@ COMMAND_RETRY_ON = [*REDIS_DOWN, OSError]
 RECONNECT = Backoff(base=0.1, cap=2.0)
 # A worker that ran this long since its last reconnect starts its backoff afresh.
 STEADY_S = 30.0
-# A job whose Redis call failed runs again this soon.
-REDIS_RETRY_S = 1.0
-
-
-def _riding_out_redis(job: WorkerCoroutine) -> WorkerCoroutine:
-    """The job, retried soon rather than failed (and dropped) when Redis is away."""
-
-    @functools.wraps(job)
-    async def run(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await job(ctx, *args, **kwargs)
-        except REDIS_DOWN as exc:
-            log.warning("%s: Redis is away (%s); retrying in %.0f s", job.__qualname__, exc, REDIS_RETRY_S)
-            raise Retry(defer=REDIS_RETRY_S) from exc
-
-    return run
-
-
 class Worker(arq.worker.Worker):
     """arq's worker, which reconnects rather than exits when Redis goes away.
 
@@ -164,8 +140,7 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
         # so arq's bound is only a backstop: the jobs themselves decide when to stop
         # (ingest logs without entity after ENRICH_ATTEMPTS; deliveries dead-letter
         # after their retry window).
-        "functions": [func(_riding_out_redis(ingest_dispatch), max_tries=10_000),
-                      func(_riding_out_redis(deliver), max_tries=200)],
+        "functions": [func(ingest_dispatch, max_tries=10_000), func(deliver, max_tries=200)],
         "cron_jobs": [
             cron(prune_events, minute=17, run_at_startup=True),
             # Every second; arq runs each slot on one worker only.
