@@ -160,6 +160,7 @@ async def test_dispatches_received_while_postgresql_is_down_are_logged_when_it_i
     assert [r.entity["name"] for r in await dep.logged()] == ["n0", "n1", "n2"]
 
 
+@pytest.mark.fault
 async def test_dispatches_logged_while_sqlite_is_locked_by_another_writer_are_logged_after(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
     fake_system: FakeSystem, caplog: pytest.LogCaptureFixture,

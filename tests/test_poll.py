@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
@@ -163,6 +164,7 @@ async def test_two_workers_one_poller(
     assert len(fake_pk.journal) == 6  # one round of checks, not two
 
 
+@pytest.mark.fault
 async def test_polling_continues_when_the_polling_worker_is_killed(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
 ) -> None:

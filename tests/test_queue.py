@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,6 +77,7 @@ def _worker(cfg: Path) -> subprocess.Popen[bytes]:
     return pkrelay_process("worker", cfg)
 
 
+@pytest.mark.fault
 async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_minutes(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str]
 ) -> None:

@@ -53,6 +53,7 @@ def _names(sink: SinkServer) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("down_s", [0.5, 12.0], ids=["blip", "outage"])
+@pytest.mark.fault
 async def test_a_redis_restart_mid_burst_delays_no_event_more_than_10_s(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str], down_s: float
 ) -> None:
@@ -104,6 +105,7 @@ async def test_a_redis_restart_mid_burst_delays_no_event_more_than_10_s(
         sink.stop()
 
 
+@pytest.mark.fault
 async def test_a_worker_killed_holding_a_system_lock_holds_the_system_seconds_not_a_minute(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str]
 ) -> None:

@@ -41,6 +41,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.mark.timeout(170)
+@pytest.mark.fault
 async def test_two_receivers_two_workers_postgresql_one_worker_killed(
     tmp_path: Path, pg_url: str, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem,
     system_creds: dict[str, str],
