@@ -13,7 +13,7 @@ import asyncio
 import time
 
 import msgspec
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
@@ -72,6 +72,36 @@ async def enqueue(redis: Redis, items: list[tuple[str, str, bytes]], function: s
     jobs = [serialize_job(function, (payload,), {}, None, now) for _, _, payload in items]
     await redis.eval(_ENQUEUE_LUA, len(names), *names, JOB_EXPIRY_MS, now, *jobs, *(i for i, _, _ in items),
                      *(p for _, _, p in items))
+
+
+# arq's `enqueue_job` for many jobs in one atomic round trip, with its job-id dedup: a
+# job is written only when neither its job key nor its result key exists (a job
+# already queued, running or finished is left alone).
+_ENQUEUE_UNIQUE_LUA = """
+local n = (#KEYS - 1) / 2
+local expiry, score, added = ARGV[1], ARGV[2], 0
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + i], KEYS[1 + n + i]) == 0 then
+    redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[2 + n + i])
+    redis.call('ZADD', KEYS[1], score, ARGV[2 + i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+async def enqueue_unique(redis: Redis, function: str, jobs: list[tuple[str, tuple[object, ...]]],
+                         expiry_ms: int) -> int:
+    """Enqueue (job id, args) jobs of `function` as arq's `enqueue_job` would, skipping
+    ids that already have a job or a result, in one round trip; returns how many were new."""
+    if not jobs:
+        return 0
+    now = int(time.time() * 1000)
+    names = [default_queue_name, *(job_key_prefix + i for i, _ in jobs), *(result_key_prefix + i for i, _ in jobs)]
+    serialized = [serialize_job(function, args, {}, None, now) for _, args in jobs]
+    return int(await redis.eval(_ENQUEUE_UNIQUE_LUA, len(names), *names, expiry_ms, now,
+                                *(i for i, _ in jobs), *serialized))
 
 
 async def depth(redis: Redis) -> int:
