@@ -61,8 +61,13 @@ def wanted(event_type: str, system: str, sinks: list[Sink]) -> list[str]:
 
 async def plan(conn: AsyncConnection, event_id: str, event_type: str, system: str, sinks: list[Sink]) -> None:
     """Inside the logging transaction: a pending delivery for every sink that wants the event."""
+    await plan_all(conn, [(event_id, event_type)], system, sinks)
+
+
+async def plan_all(conn: AsyncConnection, events: list[tuple[str, str]], system: str, sinks: list[Sink]) -> None:
+    """`plan` for (event id, type) of one system, in one statement."""
     rows = [{"event_id": event_id, "sink": key, "status": "pending", "attempts": 0}
-            for key in wanted(event_type, system, sinks)]
+            for event_id, event_type in events for key in wanted(event_type, system, sinks)]
     if rows:
         await conn.execute(db.insert_ignoring_duplicates(conn, db.deliveries), rows)
 

@@ -59,20 +59,19 @@ async def record(res: Resources, system: str, items: list[Item]) -> set[str]:
 
 
 async def _write(res: Resources, system: str, items: list[Item], sinks: list[Sink]) -> set[str]:
-    new: set[str] = set()
     logged_at = datetime.now(UTC)
     async with res.engine.begin() as conn:
+        # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new ids,
+        # in one statement for the whole batch.
+        new = set((await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values([dict(
+            id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
+            entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
+            previous=event.previous, logged_at=logged_at,
+        ) for event, _ in items]).returning(db.events.c.id))).scalars())
         for event, writes in items:
-            result = await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values(
-                id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
-                entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
-                previous=event.previous, logged_at=logged_at,
-            ))
-            if result.rowcount:
-                new.add(event.id)
-                if event.system_id:
-                    await state.apply(conn, event.system_id, writes)
-            await deliveries.plan(conn, event.id, event.type, system, sinks)
+            if event.id in new and event.system_id:
+                await state.apply(conn, event.system_id, writes)
+        await deliveries.plan_all(conn, [(event.id, event.type) for event, _ in items], system, sinks)
     return new
 
 
