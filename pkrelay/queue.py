@@ -13,7 +13,7 @@ import asyncio
 import time
 
 import msgspec
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
@@ -72,6 +72,65 @@ async def enqueue(redis: Redis, items: list[tuple[str, str, bytes]], function: s
     jobs = [serialize_job(function, (payload,), {}, None, now) for _, _, payload in items]
     await redis.eval(_ENQUEUE_LUA, len(names), *names, JOB_EXPIRY_MS, now, *jobs, *(i for i, _, _ in items),
                      *(p for _, _, p in items))
+
+
+# arq's `enqueue_job` for many jobs in one atomic round trip, with its job-id dedup: a
+# job is written only when neither its job key nor its result key exists (a job
+# already queued, running or finished is left alone).
+_ENQUEUE_UNIQUE_LUA = """
+local n = (#KEYS - 1) / 2
+local expiry, score, added = ARGV[1], ARGV[2], 0
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + i], KEYS[1 + n + i]) == 0 then
+    redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[2 + n + i])
+    redis.call('ZADD', KEYS[1], score, ARGV[2 + i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+async def enqueue_unique(redis: Redis, function: str, jobs: list[tuple[str, tuple[object, ...]]],
+                         expiry_ms: int) -> int:
+    """Enqueue (job id, args) jobs of `function` as arq's `enqueue_job` would, skipping
+    ids that already have a job or a result, in one round trip; returns how many were new."""
+    if not jobs:
+        return 0
+    now = int(time.time() * 1000)
+    names = [default_queue_name, *(job_key_prefix + i for i, _ in jobs), *(result_key_prefix + i for i, _ in jobs)]
+    serialized = [serialize_job(function, args, {}, None, now) for _, args in jobs]
+    return int(await redis.eval(_ENQUEUE_UNIQUE_LUA, len(names), *names, expiry_ms, now,
+                                *(i for i, _ in jobs), *serialized))
+
+
+# Events logged: out of their system's pending set, and the ingest jobs still waiting
+# for them withdrawn, since each would only find its event logged (under a backlog
+# one job logs a batch of 50, and the other 49 cost a worker five round trips each
+# for nothing). A job already running is left to finish. Setting its in-progress key
+# also fails the WATCH of a worker that is starting the job at this very moment (arq
+# then skips it as started elsewhere), so no job ever runs without its job key.
+_LOGGED_LUA = """
+local running, in_progress, job = ARGV[1], ARGV[2], ARGV[3]
+local ids = {unpack(ARGV, 4)}
+redis.call('ZREM', KEYS[1], unpack(ids))
+redis.call('HDEL', KEYS[2], unpack(ids))
+for _, id in ipairs(ids) do
+  if id ~= running and redis.call('EXISTS', in_progress .. id) == 0 then
+    redis.call('PSETEX', in_progress .. id, 10000, '1')
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('DEL', job .. id)
+  end
+end
+return #ids
+"""
+
+
+async def logged(redis: Redis, system: str, event_ids: list[str], running: str) -> None:
+    """These events of `system` are logged: drop them from its pending set and withdraw
+    their waiting ingest jobs, all but `running` (the job doing this), in one round trip."""
+    await redis.eval(_LOGGED_LUA, 3, keys.pending(system), keys.payloads(system), default_queue_name, running,
+                     in_progress_key_prefix, job_key_prefix, *event_ids)
 
 
 async def depth(redis: Redis) -> int:

@@ -205,6 +205,32 @@ async def test_replay_by_id_and_since_delivers_again(
     assert ids() == [first.id] * 3 + [second.id] * 2
 
 
+async def test_a_delivery_already_queued_is_not_queued_twice(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    sink = _serve(sinks)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    await _dispatch(dep, system_creds, _update(system_creds, "a"))
+    await dep.work(FAST)
+    [event] = await dep.logged()
+    engine = db.create_engine(dep.live().current.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(dep.redis_url))
+    sinks_now = dep.live().current.sinks
+    assert await deliveries.replay(engine, redis, sinks_now, event_ids=[event.id]) == 1
+    # Queued again while its job still waits, the delivery keeps its one job.
+    assert await deliveries.enqueue(redis, [(event.id, sinks_now[0].key)]) == 0
+    assert await redis.zcard("arq:queue") == 1
+    await dep.work(FAST)
+    assert [r.headers["webhook-id"] for r in sink.received] == [event.id, event.id]
+    # Its job done, the same delivery can be queued (and is sent) again.
+    assert await deliveries.replay(engine, redis, sinks_now, event_ids=[event.id]) == 1
+    await dep.work(FAST)
+    await redis.aclose()
+    await engine.dispose()
+    assert [r.headers["webhook-id"] for r in sink.received] == [event.id] * 3
+
+
 async def test_sinks_only_get_the_types_and_systems_they_ask_for(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
     fake_pk: FakePluralKit,

@@ -11,7 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from pkrelay import queue
+from pkrelay import keys, queue
 from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.api import FakePluralKit
@@ -55,6 +55,33 @@ async def test_a_job_enqueued_twice_logs_one_event(deployment: Deployment, redis
     await redis.aclose()
     rows = await deployment.logged()
     assert [r.id for r in rows] == [job[0]]
+
+
+async def test_a_burst_of_one_system_is_logged_once_in_order_and_leaves_no_job_behind(
+        deployment: Deployment, redis_server: EmbeddedRedis, system_creds: dict[str, str]) -> None:
+    jobs = [_job(i, system_creds["system_id"]) for i in range(120)]
+    redis = queue.connect(redis_server.url)
+    await queue.enqueue(redis, jobs)
+    await deployment.work()
+    assert await queue.depth(redis) == 0
+    assert not await redis.keys("arq:job:*") and not await redis.keys("pkrelay:p*")
+    await redis.aclose()
+    rows = await deployment.logged()
+    assert sorted(r.id for r in rows) == [j[0] for j in jobs]
+    assert [r.data["name"] for r in sorted(rows, key=lambda r: r.id)] == [f"n{i}" for i in range(120)]
+
+
+async def test_logged_events_withdraw_only_the_jobs_no_worker_has_started(redis_server: EmbeddedRedis) -> None:
+    first, started, waiting = (_job(i, "sys") for i in range(3))
+    redis = queue.connect(redis_server.url)
+    await queue.enqueue(redis, [first, started, waiting])
+    await redis.set("arq:in-progress:" + started[0], b"1")
+    await queue.logged(redis, "home", [first[0], started[0], waiting[0]], running=first[0])
+    assert not await redis.exists(keys.pending("home"), keys.payloads("home"))
+    assert {i.decode() for i in await redis.zrange("arq:queue", 0, -1)} == {first[0], started[0]}
+    assert await redis.exists("arq:job:" + first[0], "arq:job:" + started[0]) == 2
+    assert not await redis.exists("arq:job:" + waiting[0])
+    await redis.aclose()
 
 
 async def _split(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, creds: dict[str, str], sink: SinkServer,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pkrelay import db
+from pkrelay import db, queue
 from pkrelay.config import DeliveryConfig, Sink
 from pkrelay.envelope import Event
 from pkrelay.eventlog import row_to_event
@@ -54,22 +54,39 @@ def job_id(event_id: str, sink: str) -> str:
     return f"deliver:{event_id}:{sink}"
 
 
+def wanted(event_type: str, system: str, sinks: list[Sink]) -> list[str]:
+    """The keys of the sinks that want this event."""
+    return [s.key for s in sinks if s.wants(event_type, system)]
+
+
 async def plan(conn: AsyncConnection, event_id: str, event_type: str, system: str, sinks: list[Sink]) -> None:
     """Inside the logging transaction: a pending delivery for every sink that wants the event."""
-    rows = [{"event_id": event_id, "sink": s.key, "status": "pending", "attempts": 0}
-            for s in sinks if s.wants(event_type, system)]
+    await plan_all(conn, [(event_id, event_type)], system, sinks)
+
+
+async def plan_all(conn: AsyncConnection, events: list[tuple[str, str]], system: str, sinks: list[Sink]) -> None:
+    """`plan` for (event id, type) of one system, in one statement."""
+    rows = [{"event_id": event_id, "sink": key, "status": "pending", "attempts": 0}
+            for event_id, event_type in events for key in wanted(event_type, system, sinks)]
     if rows:
         await conn.execute(db.insert_ignoring_duplicates(conn, db.deliveries), rows)
 
 
+async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]]) -> int:
+    """Enqueue a deliver job for each (event id, sink) in one round trip, unless that
+    delivery's job is already queued; returns how many were new."""
+    return await queue.enqueue_unique(redis, DELIVER_JOB, [(job_id(e, s), (e, s)) for e, s in pending],
+                                      redis.expires_extra_ms)
+
+
 async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: list[str]) -> int:
-    """Enqueue a deliver job for every pending delivery of these events."""
+    """Enqueue a deliver job for every pending delivery of these events; returns how
+    many deliveries are pending."""
     t = db.deliveries
     rows = (await conn.execute(
         sa.select(t.c.event_id, t.c.sink).where(t.c.event_id.in_(event_ids), t.c.status == "pending")
     )).all()
-    for row in rows:
-        await redis.enqueue_job(DELIVER_JOB, row.event_id, row.sink, _job_id=job_id(row.event_id, row.sink))
+    await enqueue(redis, [(row.event_id, row.sink) for row in rows])
     return len(rows)
 
 

@@ -109,8 +109,7 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
             raws = await redis.hmget(payloads, ids)
             jobs = [payload if i == job.event_id else raw for i, raw in zip(ids, raws, strict=True)]
             done = await _log(res, tries, [queue.decode(raw) for raw in jobs if raw is not None])
-            await redis.zrem(pending, *ids)
-            await redis.hdel(payloads, *ids)
+            await queue.logged(redis, job.system, ids, job.event_id)
             await lock.reacquire()
             if job.event_id in ids:
                 return job.event_id in done

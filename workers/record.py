@@ -18,6 +18,7 @@ import msgspec
 import sqlalchemy as sa
 
 from pkrelay import db
+from pkrelay.config import Sink
 from pkrelay.envelope import Event
 from workers import deliveries, state
 from workers.metrics import EVENTS_LOGGED
@@ -32,14 +33,23 @@ Item = tuple[Event, list[state.Write]]
 async def record(res: Resources, system: str, items: list[Item]) -> set[str]:
     """Log events of one system in one transaction and enqueue their deliveries;
     returns the ids that were new (a rerun inserts nothing and changes no state)."""
+    # A new event's planned deliveries are the ones `_write` just inserted: they go
+    # straight to the queue. Only a rerun (or a batch stored one by one) asks the
+    # database which deliveries are still pending.
+    sinks = res.settings.sinks
     try:
-        new = await _write(res, system, items)
+        new = await _write(res, system, items, sinks)
+        fresh = [(e.id, key) for e, _ in items if e.id in new for key in deliveries.wanted(e.type, system, sinks)]
+        ask = [e.id for e, _ in items if e.id not in new]
     except Exception as exc:
         if not data_error(exc):
             raise
-        new = await _one_by_one(res, system, items, exc)
-    async with res.engine.connect() as conn:
-        await deliveries.enqueue_pending(res.redis, conn, [event.id for event, _ in items])
+        new = await _one_by_one(res, system, items, sinks, exc)
+        fresh, ask = [], [e.id for e, _ in items]
+    await deliveries.enqueue(res.redis, fresh)
+    if ask:
+        async with res.engine.connect() as conn:
+            await deliveries.enqueue_pending(res.redis, conn, ask)
     for event, _ in items:
         if event.id in new:
             EVENTS_LOGGED.labels(event.type, event.source).inc()
@@ -48,33 +58,32 @@ async def record(res: Resources, system: str, items: list[Item]) -> set[str]:
     return new
 
 
-async def _write(res: Resources, system: str, items: list[Item]) -> set[str]:
-    new: set[str] = set()
+async def _write(res: Resources, system: str, items: list[Item], sinks: list[Sink]) -> set[str]:
     logged_at = datetime.now(UTC)
-    sinks = res.settings.sinks
     async with res.engine.begin() as conn:
+        # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new ids,
+        # in one statement for the whole batch.
+        new = set((await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values([dict(
+            id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
+            entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
+            previous=event.previous, logged_at=logged_at,
+        ) for event, _ in items]).returning(db.events.c.id))).scalars())
         for event, writes in items:
-            result = await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values(
-                id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
-                entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
-                previous=event.previous, logged_at=logged_at,
-            ))
-            if result.rowcount:
-                new.add(event.id)
-                if event.system_id:
-                    await state.apply(conn, event.system_id, writes)
-            await deliveries.plan(conn, event.id, event.type, system, sinks)
+            if event.id in new and event.system_id:
+                await state.apply(conn, event.system_id, writes)
+        await deliveries.plan_all(conn, [(event.id, event.type) for event, _ in items], system, sinks)
     return new
 
 
-async def _one_by_one(res: Resources, system: str, items: list[Item], batch_error: Exception) -> set[str]:
+async def _one_by_one(res: Resources, system: str, items: list[Item], sinks: list[Sink],
+                      batch_error: Exception) -> set[str]:
     """Which one? Each alone; the one that fails is logged as text."""
     new: set[str] = set()
     for event, writes in items:
         error = batch_error
         if len(items) > 1:
             try:
-                new |= await _write(res, system, [(event, writes)])
+                new |= await _write(res, system, [(event, writes)], sinks)
                 continue
             except Exception as exc:
                 if not data_error(exc):
@@ -82,7 +91,7 @@ async def _one_by_one(res: Resources, system: str, items: list[Item], batch_erro
                 error = exc
         log.warning("%s %s cannot be stored as sent (%s): logged with its data as text, without entity",
                     event.type, event.id, _reason(error))
-        new |= await _write(res, system, [(as_text(event), [])])
+        new |= await _write(res, system, [(as_text(event), [])], sinks)
     return new
 
 

@@ -9,6 +9,7 @@ concurrent clients can, then waits for every event at the sink; it samples queue
 depth and the RSS of every pkrelay process while it goes.
 
     python -m tests.bench.bench_throughput            # BENCH_EVENTS=3000 BENCH_SYSTEMS=20
+    BENCH_ONLY=sqlite BENCH_KINDS=CREATE_MESSAGE python -m tests.bench.bench_throughput
 
 Prints one line per run: events/s from the first POST to the last delivery, POST rate,
 the deepest queue, RSS per process at start and end.
@@ -41,6 +42,8 @@ from tests.sink_server import SinkServer
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "3000"))
 SYSTEMS = int(os.environ.get("BENCH_SYSTEMS", "20"))
+ONLY = os.environ.get("BENCH_ONLY", "")  # "sqlite": skip the PostgreSQL runs
+KINDS = tuple(os.environ.get("BENCH_KINDS", "CREATE_MESSAGE,UPDATE_MEMBER").split(","))
 CONCURRENCY = 16
 MESSAGE = {"timestamp": "2026-11-22T18:00:00Z", "id": "1", "original": "0", "sender": "2", "channel": "3",
            "guild": "4", "system": None, "member": None}
@@ -162,7 +165,7 @@ def main() -> None:
     for i in range(SYSTEMS):
         system = fake.add_system(f"System {i}")
         world.systems.append((system, new_token(), fake.add_member(system, "Sam")["uuid"]))
-    kinds = ("CREATE_MESSAGE", "UPDATE_MEMBER")
+    kinds = KINDS
     print(f"{EVENTS} events per run, {SYSTEMS} systems, {CONCURRENCY} concurrent POSTers, 2 cores")
     try:
         workdir = root / "run"
@@ -174,7 +177,7 @@ def main() -> None:
             for kind in kinds:
                 line = asyncio.run(burst(port, bodies(world, kind), sink, url, [psutil.Process(proc.pid)]))
                 print(f"pkrelay run, SQLite, 1 worker, {kind:14}: {line}", flush=True)
-        reason = postgres.unavailable_reason()
+        reason = "BENCH_ONLY=sqlite" if ONLY == "sqlite" else postgres.unavailable_reason()
         if reason:
             print(f"PostgreSQL runs skipped: {reason}")
             return
