@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from arq.constants import job_key_prefix
 
 from pkrelay import db, keys, queue
 from workers import deliveries
@@ -73,19 +72,7 @@ async def delivery_orphans(res: Resources) -> int:
         rows = (await conn.execute(
             sa.select(d.c.event_id, d.c.sink).where(d.c.status == "pending").order_by(d.c.event_id)
             .limit(DELIVERY_BATCH))).all()
-    if not rows:
-        return 0
-    ids = [deliveries.job_id(r.event_id, r.sink) for r in rows]
-    async with res.redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.exists(job_key_prefix + job_id)
-        held = await pipe.execute()
-    enqueued = 0
-    for row, job_id, exists in zip(rows, ids, held, strict=True):
-        if exists:
-            continue
-        if await res.redis.enqueue_job(deliveries.DELIVER_JOB, row.event_id, row.sink, _job_id=job_id):
-            enqueued += 1
+    enqueued = await deliveries.enqueue(res.redis, [(row.event_id, row.sink) for row in rows])
     if enqueued:
         log.warning("%d pending deliveries had no job; enqueued again", enqueued)
     return enqueued
