@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 
 import msgspec
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
@@ -23,6 +24,10 @@ from pkrelay import keys
 # fleet that is down for a weekend loses nothing (arq's default is one day).
 JOB_EXPIRY_MS = 365 * 24 * 3600 * 1000
 INGEST_JOB = "ingest_dispatch"
+# A job runs at most this long; arq marks a started job in progress for 10 s more, so
+# one whose worker died runs again after that.
+JOB_TIMEOUT_S = 60
+IN_PROGRESS_MS = (JOB_TIMEOUT_S + 10) * 1000
 
 
 class QueuedDispatch(msgspec.Struct, array_like=True):
@@ -75,15 +80,19 @@ async def enqueue(redis: Redis, items: list[tuple[str, str, bytes]], function: s
 
 
 # arq's `enqueue_job` for many jobs in one atomic round trip, with its job-id dedup: a
-# job is written only when neither its job key nor its result key exists (a job
-# already queued, running or finished is left alone).
+# job is written unless it has a result, or its job key and a place in the queue or an
+# in-progress mark (a job queued, deferred, running or finished is left alone; a job
+# key that is neither queued nor in progress was orphaned by a taker that died).
 _ENQUEUE_UNIQUE_LUA = """
 local n = (#KEYS - 1) / 2
-local expiry, score, added = ARGV[1], ARGV[2], 0
+local expiry, score, in_progress, added = ARGV[1], ARGV[2], ARGV[3], 0
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[1 + i], KEYS[1 + n + i]) == 0 then
-    redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[2 + n + i])
-    redis.call('ZADD', KEYS[1], score, ARGV[2 + i])
+  local id = ARGV[3 + i]
+  local held = redis.call('EXISTS', KEYS[1 + n + i]) == 1 or (redis.call('EXISTS', KEYS[1 + i]) == 1 and
+    (redis.call('ZSCORE', KEYS[1], id) or redis.call('EXISTS', in_progress .. id) == 1))
+  if not held then
+    redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[3 + n + i])
+    redis.call('ZADD', KEYS[1], score, id)
     added = added + 1
   end
 end
@@ -92,7 +101,7 @@ return added
 
 
 async def enqueue_unique(redis: Redis, function: str, jobs: list[tuple[str, tuple[object, ...]]],
-                         expiry_ms: int) -> int:
+                         expiry_ms: int, defer_ms: int = 0) -> int:
     """Enqueue (job id, args) jobs of `function` as arq's `enqueue_job` would, skipping
     ids that already have a job or a result, in one round trip; returns how many were new."""
     if not jobs:
@@ -100,10 +109,63 @@ async def enqueue_unique(redis: Redis, function: str, jobs: list[tuple[str, tupl
     now = int(time.time() * 1000)
     names = [default_queue_name, *(job_key_prefix + i for i, _ in jobs), *(result_key_prefix + i for i, _ in jobs)]
     serialized = [serialize_job(function, args, {}, None, now) for _, args in jobs]
-    return int(await redis.eval(_ENQUEUE_UNIQUE_LUA, len(names), *names, expiry_ms, now,
-                                *(i for i, _ in jobs), *serialized))
+    return int(await redis.eval(_ENQUEUE_UNIQUE_LUA, len(names), *names, expiry_ms + defer_ms, now + defer_ms,
+                                in_progress_key_prefix, *(i for i, _ in jobs), *serialized))
 
 
+# Jobs taken over by a running job, which does their work with its own: each that is
+# due and not yet started leaves the queue and is marked in progress, as arq marks the
+# jobs it starts (so it counts as held, and a worker starting it at this very moment
+# fails its WATCH and skips it). Should the taker die, the mark expires and the sweep
+# enqueues the work again.
+_TAKE_OVER_LUA = """
+local now, in_progress, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local taken = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now and redis.call('EXISTS', in_progress .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('PSETEX', in_progress .. id, ttl, '1')
+    taken[#taken + 1] = id
+  end
+end
+return taken
+"""
+
+
+async def take_over(redis: Redis, job_ids: list[str]) -> list[str]:
+    """Withdraw these jobs if they are due and waiting; returns the ids withdrawn."""
+    if not job_ids:
+        return []
+    taken = await redis.eval(_TAKE_OVER_LUA, 1, default_queue_name, int(time.time() * 1000),
+                             in_progress_key_prefix, IN_PROGRESS_MS, *job_ids)
+    return [i.decode() for i in taken]
+
+
+# Taken jobs finished: done ones gone (job key and mark), the others back in the queue
+# at their retry time, as arq's own Retry puts them.
+_RELEASE_LUA = """
+local now, in_progress, job, n = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+for i = 5, 4 + n do
+  redis.call('DEL', job .. ARGV[i], in_progress .. ARGV[i])
+end
+for i = 5 + n, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i + 1]), ARGV[i])
+  redis.call('DEL', in_progress .. ARGV[i])
+end
+return n
+"""
+
+
+async def release(redis: Redis, done: Sequence[str] = (), retry: Mapping[str, float] | None = None) -> None:
+    """Finish taken jobs: `done` ones removed, `retry` ones (job id -> seconds) queued again."""
+    retry = retry or {}
+    if not done and not retry:
+        return
+    pairs = [x for job_id, delay in retry.items() for x in (job_id, int(delay * 1000))]
+    await redis.eval(_RELEASE_LUA, 1, default_queue_name, int(time.time() * 1000), in_progress_key_prefix,
+                     job_key_prefix, len(done), *done, *pairs)
 # Events logged: out of their system's pending set, and the ingest jobs still waiting
 # for them withdrawn, since each would only find its event logged (under a backlog
 # one job logs a batch of 50, and the other 49 cost a worker five round trips each

@@ -29,6 +29,7 @@ from tests.servers import clean_env
 from tests.sink_server import SinkServer
 from workers import deliveries
 from workers.deliveries import RetryPolicy
+from workers.resources import SINK_CONCURRENCY
 
 FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
 
@@ -128,8 +129,10 @@ async def test_a_hung_sink_does_not_hold_up_another(
     dep = await _deployment(tmp_path, redis_server, system_creds, _sink(hung.url) + _sink(fine.url), fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     worker = asyncio.create_task(dep.work(FAST))
+    # Both deliveries start at once; wait until the healthy one has arrived and the hung
+    # one is in flight, in whichever order the worker started them.
     for _ in range(400):
-        if fine.received:
+        if fine.received and hung.received:
             break
         await asyncio.sleep(0.025)
     assert len(fine.received) == 1, "the healthy sink waited for the hung one"
@@ -165,17 +168,64 @@ async def test_dead_letter_then_replay_with_the_same_id(
     assert len({r.headers["webhook-id"] for r in sink.received}) == 1
 
 
+async def test_a_burst_whose_first_attempts_all_fail_is_retried_one_by_one_until_delivered(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    """A job sends the waiting first attempts of its sink with its own; each that fails
+    gets its own retry (none is left pending, none sent twice in a row)."""
+    seen: set[str] = set()
+
+    def respond(n: int) -> int:  # the first attempt of every event is refused
+        event_id = sink.received[n - 1].headers["webhook-id"]
+        first = event_id not in seen
+        seen.add(event_id)
+        return 503 if first else 200
+
+    sink = _serve(sinks, respond=respond)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    await _dispatch(dep, system_creds, *(_update(system_creds, f"n{i}") for i in range(12)))
+    await dep.work(FAST)
+    ids = [r.headers["webhook-id"] for r in sink.received]
+    assert len(ids) == 24 and all(ids.count(i) == 2 for i in ids)  # each once refused, once taken
+    assert {(d.status, d.attempts) for d in await _deliveries(dep)} == {("delivered", 2)}
+
+
+async def test_a_sink_gets_a_few_requests_at_a_time_not_the_whole_burst(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    lock, in_flight, most = threading.Lock(), [0], [0]
+
+    def respond(n: int) -> int:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        threading.Event().wait(0.05)  # a sink that takes 50 ms to answer
+        with lock:
+            in_flight[0] -= 1
+        return 200
+
+    sink = _serve(sinks, respond=respond)
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    await _dispatch(dep, system_creds, *(_update(system_creds, f"n{i}") for i in range(40)))
+    await dep.work(FAST)
+    assert len(sink.received) == 40
+    assert 1 < most[0] <= SINK_CONCURRENCY
+
+
 async def test_an_attempt_that_raises_anything_is_a_recorded_failure_and_ends_dead_lettered(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
 ) -> None:
-    """A sink whose attempts fail in a way nobody foresaw (here httpx's InvalidURL, which
-    is no HTTPError) is still retried, recorded and dead-lettered, never stuck pending."""
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink("http://[::1/hook"), fake_pk)
+    """A sink whose attempts fail in a way nobody foresaw (here the host's empty label,
+    a UnicodeError from the IDNA codec, which is no aiohttp ClientError) is still
+    retried, recorded and dead-lettered, never stuck pending."""
+    dep = await _deployment(tmp_path, redis_server, system_creds, _sink("http://a..b/hook"), fake_pk)
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
     [delivery] = await _deliveries(dep)
     assert delivery.status == "dead" and delivery.attempts >= 2
-    assert "InvalidURL" in delivery.last_error
+    assert "UnicodeError" in delivery.last_error
 
 
 async def test_replay_by_id_and_since_delivers_again(

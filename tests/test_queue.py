@@ -84,6 +84,30 @@ async def test_logged_events_withdraw_only_the_jobs_no_worker_has_started(redis_
     await redis.aclose()
 
 
+async def test_jobs_taken_over_are_held_until_released_or_orphaned_by_a_dead_taker(
+        redis_server: EmbeddedRedis) -> None:
+    redis = queue.connect(redis_server.url)
+    due, started, deferred = (f"deliver:{new_event_id()}:sink" for _ in range(3))
+    for job_id, defer_ms in ((due, 0), (started, 0), (deferred, 60_000)):
+        await queue.enqueue_unique(redis, "deliver", [(job_id, ())], 60_000, defer_ms=defer_ms)
+    await redis.set("arq:in-progress:" + started, b"1")
+    assert await queue.take_over(redis, [due, started, deferred]) == [due]  # not one started, not one deferred
+    assert await redis.zscore("arq:queue", due) is None
+    assert await queue.enqueue_unique(redis, "deliver", [(due, ())], 60_000) == 0  # held: the sweep leaves it
+    await redis.delete("arq:in-progress:" + due)  # the taker died and its mark expired
+    assert await queue.enqueue_unique(redis, "deliver", [(due, ())], 60_000) == 1  # orphaned: enqueued again
+    assert await queue.take_over(redis, [due]) == [due]
+    await queue.release(redis, retry={due: 30.0})
+    score = await redis.zscore("arq:queue", due)
+    assert score is not None and score > time.time() * 1000 + 25_000  # back at its retry time
+    assert not await redis.exists("arq:in-progress:" + due)
+    await redis.zadd("arq:queue", {due: 0})
+    assert await queue.take_over(redis, [due]) == [due]
+    await queue.release(redis, done=[due])
+    assert not await redis.exists("arq:job:" + due, "arq:in-progress:" + due)
+    await redis.aclose()
+
+
 async def _split(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, creds: dict[str, str], sink: SinkServer,
                  server: str = "") -> tuple[Deployment, Path]:
     """A config for separate processes (shared Redis, a webhook sink), one UPDATE_SYSTEM

@@ -1,13 +1,18 @@
-"""Delivery: one arq job per (event, sink), so a slow or dead sink delays nobody else.
+"""Delivery: each (event, sink) has its own arq job, so a slow or dead sink delays
+nobody else, and a retry, a replay or the sweep addresses one delivery.
 
-The job plans what this sink may see, sends it through the sink's `Sender`, and
-settles the row. Failures retry with backoff and jitter (arq's Retry) until the
-policy's window has passed since the first attempt; then the delivery is
-dead-lettered: kept, visible, replayable.
+A job that starts takes with it the first attempts of its sink that are still waiting
+for their own jobs (up to `BATCH`): it sends them all at once and settles them in one
+transaction, so a burst costs a worker a few jobs per sink, not one per event.
+Failures retry with backoff and jitter (arq's Retry for the job's own delivery, the
+taken job put back, deferred, for the others) until the policy's window has passed
+since the first attempt; then the delivery is dead-lettered: kept, visible,
+replayable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,7 +21,10 @@ from typing import Any
 import msgspec
 from arq import Retry
 
+from pkrelay import queue
+from pkrelay.config import Sink
 from workers import deliveries, privacy, state
+from workers.deliveries import Pending, Settlement
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
 from workers.outage import survives_outages
 from workers.resources import Resources
@@ -25,18 +33,48 @@ from workers.state import Kind
 
 log = logging.getLogger("pkrelay.deliver")
 
+# Deliveries one job sends at once, its own included.
+BATCH = 50
+
 
 @survives_outages
 async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
-    """Attempt one delivery; returns the outcome, raises Retry to try again later."""
+    """Attempt this delivery, and the waiting first attempts of its sink; returns the
+    outcome of this one, raises Retry to try it again later."""
     res = Resources.of(ctx)
-    pending = await deliveries.load(res.engine, event_id, sink_key)
-    if pending is None:
-        return "nothing to do"
     sink = res.settings.sink(sink_key)
-    if sink is None:
-        await deliveries.settle(res.engine, event_id, sink_key, "dead", "the sink is no longer configured")
-        return "dead"
+    others = await deliveries.first_attempts(res.engine, sink_key, BATCH - 1, exclude=event_id) if sink else []
+    jobs = {deliveries.job_id(e, sink_key): e for e in others}
+    taken = await queue.take_over(res.redis, list(jobs))
+    try:
+        batch = await deliveries.load(res.engine, sink_key, [event_id, *(jobs[j] for j in taken)])
+        if sink is None:
+            await deliveries.settle(res.engine, sink_key,
+                                    [Settlement(p.event.id, "dead", "the sink is no longer configured") for p in batch])
+            return "dead" if batch else "nothing to do"
+        settlements = await asyncio.gather(*(_attempt(res, sink, p) for p in batch))
+        await deliveries.settle(res.engine, sink_key, list(settlements))
+    except BaseException:
+        await queue.release(res.redis, retry=dict.fromkeys(taken, 0.0))  # not done: their jobs run again
+        raise
+    retry_in: dict[str, float] = {}  # job id -> seconds
+    outcome = "nothing to do"
+    for pending, settled in zip(batch, settlements, strict=True):
+        job = deliveries.job_id(pending.event.id, sink_key)
+        if settled.status == "pending":
+            retry_in[job] = res.retry_policy.delay(pending.attempts + 1)
+        if pending.event.id == event_id:
+            outcome = "failed" if settled.status == "pending" else settled.status
+    own = deliveries.job_id(event_id, sink_key)
+    await queue.release(res.redis, done=[j for j in taken if j not in retry_in],
+                        retry={j: delay for j, delay in retry_in.items() if j != own})
+    if own in retry_in:
+        raise Retry(defer=retry_in[own])
+    return outcome
+
+
+async def _attempt(res: Resources, sink: Sink, pending: Pending) -> Settlement:
+    """Send one delivery, or say why not; what became of it."""
     event = pending.event
     envelope: dict[str, Any] | None = msgspec.to_builtins(event)
     if sink.public_only and envelope is not None:
@@ -44,39 +82,33 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
             stored = await state.get(conn, Kind.SYSTEM, event.system_id) if event.system_id else None
         envelope = privacy.strip(envelope, system=stored.data if stored else None)
     if envelope is None:
-        await deliveries.settle(res.engine, event_id, sink_key, "skipped", "nothing public in this event")
-        DELIVERIES.labels(sink_key, "skipped").inc()
-        return "skipped"
-    started = time.perf_counter()
+        DELIVERIES.labels(sink.key, "skipped").inc()
+        return Settlement(event.id, "skipped", "nothing public in this event")
     status_code: int | None = None
     error: str | None = None
     try:
-        status_code = await sender_for(sink, res).send(Outgoing(event, msgspec.json.encode(envelope), pending.system))
+        async with res.sending(sink.key):
+            started = time.perf_counter()
+            status_code = await sender_for(sink, res).send(Outgoing(event, msgspec.json.encode(envelope),
+                                                                    pending.system))
     except DeliveryFailed as exc:
         status_code, error = exc.status, exc.reason
     except Exception as exc:  # a failure nobody foresaw is still a failure: recorded, retried, dead-lettered
-        log.exception("delivery of %s to %s raised", event_id, sink_key)
+        log.exception("delivery of %s to %s raised", event.id, sink.key)
         error = f"{type(exc).__name__}: {exc}"
     attempt = {"status_code": status_code, "error": error, "duration_ms": (time.perf_counter() - started) * 1000}
     now = datetime.now(UTC)
     attempts = pending.attempts + 1
     first = pending.first_attempt_at or now
-    policy = res.retry_policy
     if error is None:
-        outcome = "delivered"
-        DELIVERY_LATENCY.labels(sink_key).observe((now - event.received_at).total_seconds())
-    elif now - first >= timedelta(seconds=policy.window):
-        outcome = "dead"
-        DEAD_LETTERED.labels(sink_key).inc()
-        log.warning("dead-lettered %s for sink %s after %d attempts: %s", event_id, sink_key, attempts, error)
-    else:
-        outcome = "failed"
-    await deliveries.settle(res.engine, event_id, sink_key, "pending" if outcome == "failed" else outcome, error,
-                            attempt)
-    DELIVERIES.labels(sink_key, outcome).inc()
-    if outcome != "failed":
-        return outcome
-    delay = policy.delay(attempts)
-    log.warning("delivery of %s to %s failed (%s), attempt %d, retrying in %.1f s",
-             event_id, sink_key, error, attempts, delay)
-    raise Retry(defer=delay)
+        DELIVERIES.labels(sink.key, "delivered").inc()
+        DELIVERY_LATENCY.labels(sink.key).observe((now - event.received_at).total_seconds())
+        return Settlement(event.id, "delivered", None, attempt)
+    if now - first >= timedelta(seconds=res.retry_policy.window):
+        DELIVERIES.labels(sink.key, "dead").inc()
+        DEAD_LETTERED.labels(sink.key).inc()
+        log.warning("dead-lettered %s for sink %s after %d attempts: %s", event.id, sink.key, attempts, error)
+        return Settlement(event.id, "dead", error, attempt)
+    DELIVERIES.labels(sink.key, "failed").inc()
+    log.warning("delivery of %s to %s failed (%s), attempt %d", event.id, sink.key, error, attempts)
+    return Settlement(event.id, "pending", error, attempt)

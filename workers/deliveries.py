@@ -72,11 +72,11 @@ async def plan_all(conn: AsyncConnection, events: list[tuple[str, str]], system:
         await conn.execute(db.insert_ignoring_duplicates(conn, db.deliveries), rows)
 
 
-async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]]) -> int:
+async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]], defer_s: float = 0) -> int:
     """Enqueue a deliver job for each (event id, sink) in one round trip, unless that
     delivery's job is already queued; returns how many were new."""
     return await queue.enqueue_unique(redis, DELIVER_JOB, [(job_id(e, s), (e, s)) for e, s in pending],
-                                      redis.expires_extra_ms)
+                                      redis.expires_extra_ms, defer_ms=int(defer_s * 1000))
 
 
 async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: list[str]) -> int:
@@ -90,37 +90,67 @@ async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: lis
     return len(rows)
 
 
-async def load(engine: AsyncEngine, event_id: str, sink: str) -> Pending | None:
-    """The delivery if it is still pending (a rerun after settling finds nothing)."""
+async def first_attempts(engine: AsyncEngine, sink: str, limit: int, exclude: str) -> list[str]:
+    """Events with a delivery to this sink that was never attempted, oldest first: work
+    due now, which a starting deliver job may take with its own."""
+    d = db.deliveries
+    async with engine.connect() as conn:
+        return list((await conn.execute(
+            sa.select(d.c.event_id).where(d.c.sink == sink, d.c.status == "pending", d.c.attempts == 0,
+                                          d.c.event_id != exclude)
+            .order_by(d.c.event_id).limit(limit)
+        )).scalars())
+
+
+async def load(engine: AsyncEngine, sink: str, event_ids: list[str]) -> list[Pending]:
+    """These events' deliveries to this sink that are still pending (a rerun after
+    settling finds nothing), in event order."""
     e, d = db.events, db.deliveries
     async with engine.connect() as conn:
-        row = (await conn.execute(
-            sa.select(e, d.c.status.label("delivery_status"), d.c.attempts.label("delivery_attempts"),
-                      d.c.first_attempt_at)
-            .join(d, d.c.event_id == e.c.id).where(e.c.id == event_id, d.c.sink == sink)
-        )).first()
-    if row is None or row.delivery_status != "pending":
-        return None
-    return Pending(row_to_event(row), row.system, row.delivery_attempts, row.first_attempt_at)
+        rows = (await conn.execute(
+            sa.select(e, d.c.attempts.label("delivery_attempts"), d.c.first_attempt_at)
+            .join(d, d.c.event_id == e.c.id)
+            .where(e.c.id.in_(event_ids), d.c.sink == sink, d.c.status == "pending").order_by(e.c.id)
+        )).all()
+    return [Pending(row_to_event(row), row.system, row.delivery_attempts, row.first_attempt_at) for row in rows]
 
 
-async def settle(engine: AsyncEngine, event_id: str, sink: str, status: str, error: str | None,
-                 attempt: dict[str, Any] | None = None) -> None:
-    """Record the attempt (if one was made) and the delivery's new state, in one transaction."""
+@dataclass(frozen=True)
+class Settlement:
+    """What became of one delivery: its new state, and the attempt if one was made."""
+
+    event_id: str
+    status: State
+    error: str | None
+    attempt: dict[str, Any] | None = None  # status_code, error, duration_ms
+
+
+async def settle(engine: AsyncEngine, sink: str, settlements: list[Settlement]) -> None:
+    """Record the attempts and the deliveries' new states, in one transaction."""
+    if not settlements:
+        return
     now = datetime.now(UTC)
-    if error is not None:  # a sink's answer may hold a NUL byte, which PostgreSQL's text refuses
-        error = error.replace("\x00", "\ufffd")
-        attempt = attempt and {**attempt, "error": error}
     d = db.deliveries
-    values: dict[str, Any] = {"status": status, "last_error": error}
-    if status == "delivered":
-        values["delivered_at"] = now
+    attempts, rows = [], []
+    for s in settlements:
+        # A sink's answer may hold a NUL byte, which PostgreSQL's text refuses.
+        error = s.error.replace("\x00", "\ufffd") if s.error is not None else None
+        if s.attempt is not None:
+            attempts.append({**s.attempt, "error": error, "event_id": s.event_id, "sink": sink, "at": now})
+        rows.append({"e": s.event_id, "b_status": s.status, "b_error": error,
+                     "b_delivered": now if s.status == "delivered" else None,
+                     "tried": int(s.attempt is not None), "tried_at": now if s.attempt is not None else None})
+    tried_at = sa.bindparam("tried_at", type_=db.UTCDateTime)
+    update = d.update().where(d.c.event_id == sa.bindparam("e"), d.c.sink == sink).values(
+        status=sa.bindparam("b_status"), last_error=sa.bindparam("b_error"),
+        delivered_at=sa.func.coalesce(sa.bindparam("b_delivered", type_=db.UTCDateTime), d.c.delivered_at),
+        attempts=d.c.attempts + sa.bindparam("tried"),
+        last_attempt_at=sa.func.coalesce(tried_at, d.c.last_attempt_at),
+        first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, tried_at))
     async with engine.begin() as conn:
-        if attempt is not None:
-            await conn.execute(db.delivery_attempts.insert().values(event_id=event_id, sink=sink, at=now, **attempt))
-            values |= {"attempts": d.c.attempts + 1, "last_attempt_at": now,
-                       "first_attempt_at": sa.func.coalesce(d.c.first_attempt_at, now)}
-        await conn.execute(d.update().where(d.c.event_id == event_id, d.c.sink == sink).values(**values))
+        if attempts:
+            await conn.execute(db.delivery_attempts.insert(), attempts)
+        await conn.execute(update, rows)
 
 
 async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, event_ids: list[str] | None = None,

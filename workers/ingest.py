@@ -41,6 +41,9 @@ ENRICH_ATTEMPTS = 16
 ENRICH_RETRY = Backoff(base=2.0, cap=300.0)
 # Events logged per transaction when a system has a backlog.
 BATCH = 50
+# A job waits this long for its system's lock, then tries again this much later.
+LOCK_WAIT_S = 0.05
+LOCK_RETRY_S = 0.1
 
 
 def envelope_of(job: queue.QueuedDispatch, data: Any, enriched: Enriched) -> Event:
@@ -92,15 +95,14 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
     redis = res.redis
     pending, payloads = keys.pending(job.system), keys.payloads(job.system)
     lock = keys.system_lock(redis, job.system)
-    for _ in range(50):
-        # An event leaves the pending set only once it is logged: while another worker
-        # holds the system's lock, it may well log ours, and then there is nothing to do.
-        if await redis.zscore(pending, job.event_id) is None:
-            return False
-        if await lock.acquire(blocking_timeout=0.1):
-            break
-    else:
-        raise Retry(defer=0.5)
+    # An event leaves the pending set only once it is logged: while another job holds
+    # the system's lock, it may well log ours, and then there is nothing to do. A job
+    # that finds the lock held steps aside for a moment rather than hold a worker's
+    # slot polling it (under a burst most of a system's jobs would).
+    if await redis.zscore(pending, job.event_id) is None:
+        return False
+    if not await lock.acquire(blocking_timeout=LOCK_WAIT_S):
+        raise Retry(defer=LOCK_RETRY_S)
     try:
         while True:
             ids = [i.decode() for i in await redis.zrange(pending, 0, BATCH - 1)]
@@ -157,7 +159,7 @@ async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> 
     new = await record(res, jobs[0].system, items) if items else set()
     calls = sum(enriched.calls for _, _, enriched in done)
     if calls:
-        log.info("%d API calls for %d events", calls, len(done))
+        log.debug("%d API calls for %d events", calls, len(done))
     if failure is not None:
         if done:
             system, logged_ids = jobs[0].system, [e.id for e, _, _ in done]

@@ -53,21 +53,24 @@ async def record(res: Resources, system: str, items: list[Item]) -> set[str]:
     for event, _ in items:
         if event.id in new:
             EVENTS_LOGGED.labels(event.type, event.source).inc()
-        log.info("%s %s %s from %s", "logged" if event.id in new else "already logged", event.type, event.id,
-                 event.source)
+        log.debug("%s %s %s from %s", "logged" if event.id in new else "already logged", event.type, event.id,
+                  event.source)
     return new
 
 
 async def _write(res: Resources, system: str, items: list[Item], sinks: list[Sink]) -> set[str]:
     logged_at = datetime.now(UTC)
     async with res.engine.begin() as conn:
-        # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new ids,
-        # in one statement for the whole batch.
-        new = set((await conn.execute(db.insert_ignoring_duplicates(conn, db.events).values([dict(
-            id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
-            entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
-            previous=event.previous, logged_at=logged_at,
-        ) for event, _ in items]).returning(db.events.c.id))).scalars())
+        # INSERT ... ON CONFLICT DO NOTHING RETURNING id for the whole batch: the new
+        # ids. Given as many parameter sets (not one multi-row VALUES, which SQLAlchemy
+        # would compile afresh for every batch), it is compiled once and still sent as
+        # multi-row statements.
+        new = set((await conn.execute(
+            db.insert_ignoring_duplicates(conn, db.events).returning(db.events.c.id),
+            [dict(id=event.id, type=event.type, source=event.source, system=system, system_id=event.system_id,
+                  entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
+                  previous=event.previous, logged_at=logged_at) for event, _ in items],
+        )).scalars())
         for event, writes in items:
             if event.id in new and event.system_id:
                 await state.apply(conn, event.system_id, writes)

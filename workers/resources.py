@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +23,10 @@ from workers.deliveries import RetryPolicy
 from workers.mqtt import MqttConnection
 
 CTX_KEY = "resources"
+# Requests one worker process has in flight to one sink: a burst reaches a user's
+# server as a steady stream over a few kept-alive connections, not as a flood of new
+# ones (and httpx's pool, which looks at every connection for each request, stays small).
+SINK_CONCURRENCY = 8
 
 
 @dataclass
@@ -30,12 +34,13 @@ class Resources:
     live: LiveSettings
     engine: AsyncEngine
     redis: ArqRedis
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession  # webhook sinks' (workers/webhook.py)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     watcher: asyncio.Task[None] | None = None
     _clients: dict[str, PluralKitClient] = field(default_factory=dict)
     _mqtt: dict[str, MqttConnection] = field(default_factory=dict)
     _system_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    _sending: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
     @staticmethod
     def of(ctx: dict[str, Any]) -> Resources:
@@ -68,6 +73,10 @@ class Resources:
             self._system_ids[key] = found.uuid
         return self._system_ids[key]
 
+    def sending(self, sink_key: str) -> asyncio.Semaphore:
+        """A slot to hold while sending to this sink (`SINK_CONCURRENCY` per sink)."""
+        return self._sending.setdefault(sink_key, asyncio.Semaphore(SINK_CONCURRENCY))
+
     def mqtt(self, sink: MqttSink) -> MqttConnection:
         """One broker connection per sink per process, kept open from its first use."""
         if sink.key not in self._mqtt:
@@ -89,5 +98,5 @@ class Resources:
             await connection.close()
         for client in self._clients.values():
             await client.aclose()
-        await self.http.aclose()
+        await self.http.close()
         await self.engine.dispose()

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 import arq.worker
-import httpx
 from arq import cron, func
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
@@ -22,9 +21,10 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import WatchError
 
-from pkrelay import db, logs
+from pkrelay import db, logs, queue
 from pkrelay.config import LiveSettings, Settings
 from pkrelay.retry import Backoff
+from workers import webhook
 from workers.deliver import deliver
 from workers.deliveries import RetryPolicy
 from workers.ingest import ingest_dispatch
@@ -36,7 +36,7 @@ from workers.sweep import SWEEP_EVERY_S, sweep
 
 # A worker killed mid-job leaves it "in progress" until job_timeout + 10 s; the
 # 2-minute redelivery guarantee (docs/contract.md) needs job_timeout well under 110 s.
-JOB_TIMEOUT_S = 60
+JOB_TIMEOUT_S = queue.JOB_TIMEOUT_S
 
 log = logging.getLogger("pkrelay.worker")
 
@@ -126,7 +126,7 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
             return  # a reconnect (Worker.main): the pool and resources carry on
         ctx[CTX_KEY] = Resources(
             live=live, engine=db.create_engine(live.current.database_url), redis=ctx["redis"],
-            http=httpx.AsyncClient(follow_redirects=False),
+            http=webhook.session(),
             retry_policy=retry_policy or RetryPolicy.of(live.current.delivery),
             watcher=asyncio.create_task(live.watch(config_changed)),
         )

@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 import psutil
 from redis import Redis
 
@@ -82,14 +82,15 @@ def due(queue: Redis) -> int:
     return int(queue.zcount("arq:queue", 0, int(time.time() * 1000)))
 
 
-def rss_mb(root: psutil.Process) -> dict[str, float]:
-    """RSS of a process tree by role (serve, worker, run, valkey-server...)."""
-    out: dict[str, float] = {}
+def sample(root: psutil.Process) -> dict[str, tuple[float, float]]:
+    """(RSS in MB, CPU seconds) of a process tree by role (serve, worker, run, valkey-server...)."""
+    out: dict[str, tuple[float, float]] = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
             cmd = proc.cmdline()
             role = next((a for a in cmd if a in ("run", "serve", "worker")), os.path.basename(cmd[0]))
-            out[f"{role}:{proc.pid}"] = proc.memory_info().rss / 2**20
+            cpu = proc.cpu_times()
+            out[f"{role}:{proc.pid}"] = (proc.memory_info().rss / 2**20, cpu.user + cpu.system)
         except psutil.Error:
             continue
     return out
@@ -100,16 +101,20 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
     """POST every payload, wait for every delivery; one line of figures."""
     before = len(sink.received)
     queue = Redis.from_url(redis_url)
-    rss_start = {k: v for root in roots for k, v in rss_mb(root).items()}
+    start = {k: v for root in roots for k, v in sample(root).items()}
+    me = psutil.Process()
+    own_cpu = sum(me.cpu_times()[:2])
     deepest = 0
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    # aiohttp: the load generator shares the cores with what it measures, and an httpx
+    # POST costs ten times the CPU.
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=aiohttp.ClientTimeout(30)) as client:
         pending = list(payloads)
 
         async def post() -> None:
             while pending:
-                answer = await client.post("/dispatch", content=pending.pop(), headers=HEADERS)
-                assert answer.status_code == 200, answer.text
+                async with client.post("/dispatch", data=pending.pop(), headers=HEADERS) as answer:
+                    assert answer.status == 200, await answer.text()
 
         await asyncio.gather(*(post() for _ in range(CONCURRENCY)))
     posted = time.perf_counter()
@@ -120,11 +125,14 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
             raise RuntimeError(f"only {len(sink.received) - before} of {len(payloads)} delivered in 10 minutes")
         await asyncio.sleep(0.05)
     done = max(r.at for r in sink.received[before:])
-    rss_end = {k: v for root in roots for k, v in rss_mb(root).items()}
+    end = {k: v for root in roots for k, v in sample(root).items()}
     queue.close()
-    rss = ", ".join(f"{k} {rss_start.get(k, 0):.0f}->{v:.0f} MB" for k, v in sorted(rss_end.items()))
-    return (f"{len(payloads) / (done - started):6.0f} events/s end to end "
-            f"(POSTs at {len(payloads) / (posted - started):.0f}/s), deepest queue {deepest}, RSS {rss}")
+    took = done - started
+    rss = ", ".join(f"{k} {start.get(k, (0, 0))[0]:.0f}->{v[0]:.0f} MB" for k, v in sorted(end.items()))
+    cpu = ", ".join(f"{k.split(':')[0]} {(v[1] - start.get(k, (0, 0))[1]) / took:.0%}" for k, v in sorted(end.items()))
+    return (f"{len(payloads) / took:6.0f} events/s end to end "
+            f"(POSTs at {len(payloads) / (posted - started):.0f}/s), deepest queue {deepest}, RSS {rss}; "
+            f"CPU {cpu}, this bench (clients, sink) {(sum(me.cpu_times()[:2]) - own_cpu) / took:.0%}")
 
 
 @contextmanager
