@@ -62,8 +62,6 @@ deliveries = sa.Table(
     sa.Column("delivered_at", UTCDateTime, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Index("ix_deliveries_status", "status"),
-    # A starting deliver job looks for its sink's first attempts by this.
-    sa.Index("ix_deliveries_sink", "sink", "status", "attempts", "event_id"),
 )
 
 delivery_attempts = sa.Table(

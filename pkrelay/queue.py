@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import msgspec
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
@@ -28,6 +29,9 @@ INGEST_JOB = "ingest_dispatch"
 # one whose worker died runs again after that.
 JOB_TIMEOUT_S = 60
 IN_PROGRESS_MS = (JOB_TIMEOUT_S + 10) * 1000
+# A job held for another (`Job.holder`) waits this long for it to run; then the sweep
+# sees it as orphaned and enqueues it on its own.
+HOLD_MS = 3600 * 1000
 
 
 class QueuedDispatch(msgspec.Struct, array_like=True):
@@ -83,16 +87,26 @@ async def enqueue(redis: Redis, items: list[tuple[str, str, bytes]], function: s
 # job is written unless it has a result, or its job key and a place in the queue or an
 # in-progress mark (a job queued, deferred, running or finished is left alone; a job
 # key that is neither queued nor in progress was orphaned by a taker that died).
+# A job may name a holder, an earlier job of the same call that will do its work: it
+# is then not queued but marked in progress with the holder's id (held, so the sweep
+# leaves it), and the holder takes it when it runs. If the holder was not written
+# (it exists already and will not know of it), the job is queued as any other.
 _ENQUEUE_UNIQUE_LUA = """
 local n = (#KEYS - 1) / 2
-local expiry, score, in_progress, added = ARGV[1], ARGV[2], ARGV[3], 0
+local expiry, score, in_progress, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local written, added = {}, 0
 for i = 1, n do
-  local id = ARGV[3 + i]
+  local id, holder = ARGV[4 + i], ARGV[4 + 2 * n + i]
   local held = redis.call('EXISTS', KEYS[1 + n + i]) == 1 or (redis.call('EXISTS', KEYS[1 + i]) == 1 and
     (redis.call('ZSCORE', KEYS[1], id) or redis.call('EXISTS', in_progress .. id) == 1))
   if not held then
-    redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[3 + n + i])
-    redis.call('ZADD', KEYS[1], score, id)
+    redis.call('PSETEX', KEYS[1 + i], expiry, ARGV[4 + n + i])
+    if holder ~= '' and written[holder] then
+      redis.call('PSETEX', in_progress .. id, hold, holder)
+    else
+      redis.call('ZADD', KEYS[1], score, id)
+    end
+    written[id] = true
     added = added + 1
   end
 end
@@ -100,31 +114,42 @@ return added
 """
 
 
-async def enqueue_unique(redis: Redis, function: str, jobs: list[tuple[str, tuple[object, ...]]],
-                         expiry_ms: int, defer_ms: int = 0) -> int:
-    """Enqueue (job id, args) jobs of `function` as arq's `enqueue_job` would, skipping
-    ids that already have a job or a result, in one round trip; returns how many were new."""
+@dataclass(frozen=True)
+class Job:
+    """One arq job to enqueue: its id, the function's arguments, and the id of the
+    job (earlier in the same call) that is to do its work, if one is."""
+
+    id: str
+    args: tuple[object, ...]
+    holder: str = ""
+
+
+async def enqueue_unique(redis: Redis, function: str, jobs: Sequence[Job], expiry_ms: int) -> int:
+    """Enqueue jobs of `function` as arq's `enqueue_job` would, skipping ids that
+    already have a job or a result, in one round trip; returns how many were new."""
     if not jobs:
         return 0
     now = int(time.time() * 1000)
-    names = [default_queue_name, *(job_key_prefix + i for i, _ in jobs), *(result_key_prefix + i for i, _ in jobs)]
-    serialized = [serialize_job(function, args, {}, None, now) for _, args in jobs]
-    return int(await redis.eval(_ENQUEUE_UNIQUE_LUA, len(names), *names, expiry_ms + defer_ms, now + defer_ms,
-                                in_progress_key_prefix, *(i for i, _ in jobs), *serialized))
+    names = [default_queue_name, *(job_key_prefix + j.id for j in jobs), *(result_key_prefix + j.id for j in jobs)]
+    serialized = [serialize_job(function, j.args, {}, None, now) for j in jobs]
+    return int(await redis.eval(_ENQUEUE_UNIQUE_LUA, len(names), *names, expiry_ms, now,
+                                in_progress_key_prefix, HOLD_MS, *(j.id for j in jobs), *serialized,
+                                *(j.holder for j in jobs)))
 
 
-# Jobs taken over by a running job, which does their work with its own: each that is
-# due and not yet started leaves the queue and is marked in progress, as arq marks the
-# jobs it starts (so it counts as held, and a worker starting it at this very moment
-# fails its WATCH and skips it). Should the taker die, the mark expires and the sweep
-# enqueues the work again.
+# Jobs taken over by a running job, which does their work with its own: each held for
+# it, or due and not yet started, is marked in progress as arq marks the jobs it starts
+# (and leaves the queue): held, so the sweep leaves it, and a worker starting it at
+# this very moment fails its WATCH and skips it. Should the taker die, the mark
+# expires and the sweep enqueues the work again.
 _TAKE_OVER_LUA = """
-local now, in_progress, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local now, in_progress, ttl, taker = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local taken = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
+  local mark = redis.call('GET', in_progress .. id)
   local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now and redis.call('EXISTS', in_progress .. id) == 0 then
+  if mark == taker or (not mark and score and tonumber(score) <= now) then
     redis.call('ZREM', KEYS[1], id)
     redis.call('PSETEX', in_progress .. id, ttl, '1')
     taken[#taken + 1] = id
@@ -134,12 +159,13 @@ return taken
 """
 
 
-async def take_over(redis: Redis, job_ids: list[str]) -> list[str]:
-    """Withdraw these jobs if they are due and waiting; returns the ids withdrawn."""
+async def take_over(redis: Redis, taker: str, job_ids: list[str]) -> list[str]:
+    """Take these jobs for the running job `taker` if they are held for it, or due and
+    waiting; returns the ids taken."""
     if not job_ids:
         return []
     taken = await redis.eval(_TAKE_OVER_LUA, 1, default_queue_name, int(time.time() * 1000),
-                             in_progress_key_prefix, IN_PROGRESS_MS, *job_ids)
+                             in_progress_key_prefix, IN_PROGRESS_MS, taker, *job_ids)
     return [i.decode() for i in taken]
 
 

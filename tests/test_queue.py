@@ -84,27 +84,29 @@ async def test_logged_events_withdraw_only_the_jobs_no_worker_has_started(redis_
     await redis.aclose()
 
 
-async def test_jobs_taken_over_are_held_until_released_or_orphaned_by_a_dead_taker(
+async def test_jobs_held_or_taken_are_left_alone_until_released_or_orphaned_by_a_dead_taker(
         redis_server: EmbeddedRedis) -> None:
     redis = queue.connect(redis_server.url)
-    due, started, deferred = (f"deliver:{new_event_id()}:sink" for _ in range(3))
-    for job_id, defer_ms in ((due, 0), (started, 0), (deferred, 60_000)):
-        await queue.enqueue_unique(redis, "deliver", [(job_id, ())], 60_000, defer_ms=defer_ms)
+    lead, held, due, started, deferred = (f"deliver:{new_event_id()}:sink" for _ in range(5))
+    jobs = [queue.Job(lead, ()), queue.Job(held, (), holder=lead), queue.Job(due, ()), queue.Job(started, ()),
+            queue.Job(deferred, ())]
+    assert await queue.enqueue_unique(redis, "deliver", jobs, 60_000) == 5
+    assert await redis.zscore("arq:queue", held) is None  # held for its leader, not queued
     await redis.set("arq:in-progress:" + started, b"1")
-    assert await queue.take_over(redis, [due, started, deferred]) == [due]  # not one started, not one deferred
+    await redis.zadd("arq:queue", {deferred: time.time() * 1000 + 60_000})
+    assert await queue.take_over(redis, "another", [held]) == []  # held for another job
+    assert await queue.take_over(redis, lead, [held, due, started, deferred]) == [held, due]
     assert await redis.zscore("arq:queue", due) is None
-    assert await queue.enqueue_unique(redis, "deliver", [(due, ())], 60_000) == 0  # held: the sweep leaves it
+    assert await queue.enqueue_unique(redis, "deliver", [queue.Job(due, ())], 60_000) == 0  # taken: the sweep leaves it
     await redis.delete("arq:in-progress:" + due)  # the taker died and its mark expired
-    assert await queue.enqueue_unique(redis, "deliver", [(due, ())], 60_000) == 1  # orphaned: enqueued again
-    assert await queue.take_over(redis, [due]) == [due]
+    assert await queue.enqueue_unique(redis, "deliver", [queue.Job(due, ())], 60_000) == 1  # orphaned: again
+    assert await queue.take_over(redis, lead, [due]) == [due]
     await queue.release(redis, retry={due: 30.0})
     score = await redis.zscore("arq:queue", due)
     assert score is not None and score > time.time() * 1000 + 25_000  # back at its retry time
     assert not await redis.exists("arq:in-progress:" + due)
-    await redis.zadd("arq:queue", {due: 0})
-    assert await queue.take_over(redis, [due]) == [due]
-    await queue.release(redis, done=[due])
-    assert not await redis.exists("arq:job:" + due, "arq:in-progress:" + due)
+    await queue.release(redis, done=[held])
+    assert not await redis.exists("arq:job:" + held, "arq:in-progress:" + held)
     await redis.aclose()
 
 

@@ -1,9 +1,10 @@
 """Delivery: each (event, sink) has its own arq job, so a slow or dead sink delays
 nobody else, and a retry, a replay or the sweep addresses one delivery.
 
-A job that starts takes with it the first attempts of its sink that are still waiting
-for their own jobs (up to `BATCH`): it sends them all at once and settles them in one
-transaction, so a burst costs a worker a few jobs per sink, not one per event.
+Deliveries enqueued together go in runs (`deliveries.enqueue`): the first one's job
+takes the others' (held for it) when it starts, sends them all at once and settles
+them in one transaction, so a burst costs a worker a few jobs per sink, not one per
+event.
 Failures retry with backoff and jitter (arq's Retry for the job's own delivery, the
 taken job put back, deferred, for the others) until the policy's window has passed
 since the first attempt; then the delivery is dead-lettered: kept, visible,
@@ -33,19 +34,16 @@ from workers.state import Kind
 
 log = logging.getLogger("pkrelay.deliver")
 
-# Deliveries one job sends at once, its own included.
-BATCH = 50
-
-
 @survives_outages
-async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
-    """Attempt this delivery, and the waiting first attempts of its sink; returns the
-    outcome of this one, raises Retry to try it again later."""
+async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str, followers: list[str] | None = None) -> str:
+    """Attempt this delivery, and those of `followers` (events whose deliveries to this
+    sink were enqueued with it) still waiting; returns the outcome of this one, raises
+    Retry to try it again later."""
     res = Resources.of(ctx)
     sink = res.settings.sink(sink_key)
-    others = await deliveries.first_attempts(res.engine, sink_key, BATCH - 1, exclude=event_id) if sink else []
-    jobs = {deliveries.job_id(e, sink_key): e for e in others}
-    taken = await queue.take_over(res.redis, list(jobs))
+    own = deliveries.job_id(event_id, sink_key)
+    jobs = {deliveries.job_id(e, sink_key): e for e in followers or ()}
+    taken = await queue.take_over(res.redis, own, list(jobs))
     try:
         batch = await deliveries.load(res.engine, sink_key, [event_id, *(jobs[j] for j in taken)])
         if sink is None:
@@ -65,7 +63,6 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str) -> str:
             retry_in[job] = res.retry_policy.delay(pending.attempts + 1)
         if pending.event.id == event_id:
             outcome = "failed" if settled.status == "pending" else settled.status
-    own = deliveries.job_id(event_id, sink_key)
     await queue.release(res.redis, done=[j for j in taken if j not in retry_in],
                         retry={j: delay for j, delay in retry_in.items() if j != own})
     if own in retry_in:

@@ -22,6 +22,8 @@ from pkrelay.eventlog import row_to_event
 from pkrelay.retry import Backoff
 
 DELIVER_JOB = "deliver"
+# Deliveries one deliver job makes at once, its own included.
+BATCH = 50
 State = Literal["pending", "dead", "delivered", "skipped"]
 
 
@@ -72,11 +74,24 @@ async def plan_all(conn: AsyncConnection, events: list[tuple[str, str]], system:
         await conn.execute(db.insert_ignoring_duplicates(conn, db.deliveries), rows)
 
 
-async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]], defer_s: float = 0) -> int:
+async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]]) -> int:
     """Enqueue a deliver job for each (event id, sink) in one round trip, unless that
-    delivery's job is already queued; returns how many were new."""
-    return await queue.enqueue_unique(redis, DELIVER_JOB, [(job_id(e, s), (e, s)) for e, s in pending],
-                                      redis.expires_extra_ms, defer_ms=int(defer_s * 1000))
+    delivery's job is already queued; returns how many were new.
+
+    A sink's deliveries go in runs of `BATCH`: the first one's job is queued and does
+    the others' work with its own (each still has its job, held for it).
+    """
+    by_sink: dict[str, list[str]] = {}
+    for event_id, sink in pending:
+        by_sink.setdefault(sink, []).append(event_id)
+    jobs: list[queue.Job] = []
+    for sink, event_ids in by_sink.items():
+        for start in range(0, len(event_ids), BATCH):
+            lead, *rest = event_ids[start:start + BATCH]
+            leader = job_id(lead, sink)
+            jobs.append(queue.Job(leader, (lead, sink, rest) if rest else (lead, sink)))
+            jobs += [queue.Job(job_id(e, sink), (e, sink), holder=leader) for e in rest]
+    return await queue.enqueue_unique(redis, DELIVER_JOB, jobs, redis.expires_extra_ms)
 
 
 async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: list[str]) -> int:
@@ -88,18 +103,6 @@ async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: lis
     )).all()
     await enqueue(redis, [(row.event_id, row.sink) for row in rows])
     return len(rows)
-
-
-async def first_attempts(engine: AsyncEngine, sink: str, limit: int, exclude: str) -> list[str]:
-    """Events with a delivery to this sink that was never attempted, oldest first: work
-    due now, which a starting deliver job may take with its own."""
-    d = db.deliveries
-    async with engine.connect() as conn:
-        return list((await conn.execute(
-            sa.select(d.c.event_id).where(d.c.sink == sink, d.c.status == "pending", d.c.attempts == 0,
-                                          d.c.event_id != exclude)
-            .order_by(d.c.event_id).limit(limit)
-        )).scalars())
 
 
 async def load(engine: AsyncEngine, sink: str, event_ids: list[str]) -> list[Pending]:

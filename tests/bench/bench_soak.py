@@ -1,11 +1,14 @@
 """Soak: `pkrelay run` at a fixed rate for minutes; memory and queue depth over time.
 
-A mix of member edits (enrichment through the fake API) and messages over several
-systems, POSTed at BENCH_RATE per second for BENCH_SECONDS. Every 10 s it prints the
-RSS of each process and the queue depth; at the end, whether every event reached the
-sink and the queue drained to zero.
+A mix of member edits (enrichment through the fake API) and messages over
+BENCH_SYSTEMS systems, POSTed at BENCH_RATE per second for BENCH_SECONDS. Every 10 s it
+prints the RSS of each process, the queue depth and the backlog (sent, not yet
+delivered); at the end, whether every event reached the sink and the queue drained to
+zero. With BENCH_SYSTEMS=1 it is the one-busy-system run: every event waits for that
+system's lock, so the backlog shows whether one system's ceiling is above its rate.
 
-    python -m tests.bench.bench_soak          # BENCH_RATE=20 BENCH_SECONDS=300
+    python -m tests.bench.bench_soak          # BENCH_RATE=20 BENCH_SECONDS=300 BENCH_SYSTEMS=5
+    BENCH_SYSTEMS=1 BENCH_RATE=30 BENCH_SECONDS=600 python -m tests.bench.bench_soak
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import psutil
 from redis import Redis
 
 from pkrelay.redis_server import free_port
-from tests.bench.bench_throughput import MESSAGE, World, due, rss_mb
+from tests.bench.bench_throughput import MESSAGE, World, due, sample
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import HEADERS, body, new_token
 from tests.servers import pkrelay_run
@@ -29,7 +32,11 @@ from tests.sink_server import SinkServer
 
 RATE = float(os.environ.get("BENCH_RATE", "20"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "300"))
-SYSTEMS = 5
+SYSTEMS = int(os.environ.get("BENCH_SYSTEMS", "5"))
+
+
+def rss_mb(tree: psutil.Process) -> dict[str, float]:
+    return {k: rss for k, (rss, _) in sample(tree).items()}
 
 
 def main() -> None:
@@ -65,7 +72,8 @@ def main() -> None:
                 depth = due(queue)
                 deepest = max(deepest, depth)
                 if now >= next_report:
-                    print(f"  {now - started:5.0f} s: {sent} sent, {len(sink.received)} delivered, queue {depth}, "
+                    print(f"  {now - started:5.0f} s: {sent} sent, {len(sink.received)} delivered "
+                          f"(backlog {sent - len(sink.received)}), queue {depth}, "
                           + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(rss_mb(tree).items())), flush=True)
                     next_report += 10
                 time.sleep(0.002)
