@@ -138,10 +138,11 @@ async def enqueue_unique(redis: Redis, function: str, jobs: Sequence[Job], expir
 
 
 # Jobs taken over by a running job, which does their work with its own: each held for
-# it, or due and not yet started, is marked in progress as arq marks the jobs it starts
-# (and leaves the queue): held, so the sweep leaves it, and a worker starting it at
-# this very moment fails its WATCH and skips it. Should the taker die, the mark
-# expires and the sweep enqueues the work again.
+# it, or due and not yet started, is marked in progress (with the taker's id) as arq
+# marks the jobs it starts, and leaves the queue: held, so the sweep leaves it, and a
+# worker starting it at this very moment fails its WATCH and skips it. Should the
+# taker die, arq runs it again once its own mark expires, and it takes them again;
+# should that never happen, their marks expire too and the sweep enqueues them.
 _TAKE_OVER_LUA = """
 local now, in_progress, ttl, taker = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local taken = {}
@@ -151,7 +152,7 @@ for i = 5, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], id)
   if mark == taker or (not mark and score and tonumber(score) <= now) then
     redis.call('ZREM', KEYS[1], id)
-    redis.call('PSETEX', in_progress .. id, ttl, '1')
+    redis.call('PSETEX', in_progress .. id, ttl, taker)
     taken[#taken + 1] = id
   end
 end
@@ -192,6 +193,8 @@ async def release(redis: Redis, done: Sequence[str] = (), retry: Mapping[str, fl
     pairs = [x for job_id, delay in retry.items() for x in (job_id, int(delay * 1000))]
     await redis.eval(_RELEASE_LUA, 1, default_queue_name, int(time.time() * 1000), in_progress_key_prefix,
                      job_key_prefix, len(done), *done, *pairs)
+
+
 # Events logged: out of their system's pending set, and the ingest jobs still waiting
 # for them withdrawn, since each would only find its event logged (under a backlog
 # one job logs a batch of 50, and the other 49 cost a worker five round trips each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +97,8 @@ async def test_jobs_held_or_taken_are_left_alone_until_released_or_orphaned_by_a
     await redis.zadd("arq:queue", {deferred: time.time() * 1000 + 60_000})
     assert await queue.take_over(redis, "another", [held]) == []  # held for another job
     assert await queue.take_over(redis, lead, [held, due, started, deferred]) == [held, due]
+    assert await queue.take_over(redis, "another", [held, due]) == []
+    assert await queue.take_over(redis, lead, [held]) == [held]  # the taker run again (its worker died)
     assert await redis.zscore("arq:queue", due) is None
     assert await queue.enqueue_unique(redis, "deliver", [queue.Job(due, ())], 60_000) == 0  # taken: the sweep leaves it
     await redis.delete("arq:in-progress:" + due)  # the taker died and its mark expired
@@ -166,6 +169,50 @@ async def test_an_event_whose_worker_is_killed_mid_job_is_delivered_within_two_m
             second.terminate()
             second.wait(30)
         await redis.aclose()
+        sink.stop()
+
+
+@pytest.mark.fault
+async def test_deliveries_sent_together_whose_worker_is_killed_are_delivered_within_two_minutes(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str]
+) -> None:
+    """One job sends a run of deliveries; SIGKILL while they are in flight, then a new
+    worker: each is delivered within SPEC's bound, none is left pending."""
+    hang = threading.Event()
+    hang.set()
+    sink = SinkServer(respond=lambda n: 500 if hang.is_set() and threading.Event().wait(60) else 200)
+    sink.start()
+    dep, cfg = await _split(tmp_path, redis_server, fake_pk, system_creds, sink)
+    async with AsyncTestClient(app=dep.app()) as client:
+        for i in range(4):
+            content = body("UPDATE_SYSTEM", system_creds["signing_token"], system_creds["system_id"], None,
+                           {"name": f"n{i}"})
+            assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
+
+    async def in_flight() -> bool:
+        return len(sink.received) >= 2  # more than one of them at once: a run, not one job each
+
+    first = _worker(cfg)
+    second = None
+    try:
+        await until(in_flight, 30, "the deliveries to be in flight")
+        first.kill()
+        first.wait()
+        hang.clear()
+        killed_at = len(sink.received)
+        second = _worker(cfg)
+        started = time.monotonic()
+        ids = {r.id for r in await dep.logged()}
+
+        async def all_delivered() -> bool:
+            return {r.headers["webhook-id"] for r in sink.received[killed_at:]} == ids
+
+        await until(all_delivered, 150, "every delivery")
+        assert time.monotonic() - started < 120 and len(ids) == 5
+    finally:
+        if second is not None:
+            second.terminate()
+            second.wait(30)
         sink.stop()
 
 

@@ -34,6 +34,7 @@ from workers.state import Kind
 
 log = logging.getLogger("pkrelay.deliver")
 
+
 @survives_outages
 async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str, followers: list[str] | None = None) -> str:
     """Attempt this delivery, and those of `followers` (events whose deliveries to this
@@ -47,11 +48,10 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str, followers: 
     try:
         batch = await deliveries.load(res.engine, sink_key, [event_id, *(jobs[j] for j in taken)])
         if sink is None:
-            await deliveries.settle(res.engine, sink_key,
-                                    [Settlement(p.event.id, "dead", "the sink is no longer configured") for p in batch])
-            return "dead" if batch else "nothing to do"
-        settlements = await asyncio.gather(*(_attempt(res, sink, p) for p in batch))
-        await deliveries.settle(res.engine, sink_key, list(settlements))
+            settlements = [Settlement(p.event.id, "dead", "the sink is no longer configured") for p in batch]
+        else:
+            settlements = list(await asyncio.gather(*(_attempt(res, sink, p) for p in batch)))
+        await deliveries.settle(res.engine, sink_key, settlements)
     except BaseException:
         await queue.release(res.redis, retry=dict.fromkeys(taken, 0.0))  # not done: their jobs run again
         raise

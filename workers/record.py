@@ -71,9 +71,13 @@ async def _write(res: Resources, system: str, items: list[Item], sinks: list[Sin
                   entity_id=event.entity_id, received_at=event.received_at, data=event.data, entity=event.entity,
                   previous=event.previous, logged_at=logged_at) for event, _ in items],
         )).scalars())
+        # The batch's state changes, each system's in one go (state.coalesced).
+        by_system: dict[str, list[state.Write]] = {}
         for event, writes in items:
             if event.id in new and event.system_id:
-                await state.apply(conn, event.system_id, writes)
+                by_system.setdefault(event.system_id, []).extend(writes)
+        for system_id, writes in by_system.items():
+            await state.apply(conn, system_id, writes)
         await deliveries.plan_all(conn, [(event.id, event.type) for event, _ in items], system, sinks)
     return new
 

@@ -120,9 +120,28 @@ async def _put(conn: AsyncConnection, write: Put, system_id: str) -> None:
     await conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.kind, t.c.key], set_=update))
 
 
+def coalesced(writes: list[Write]) -> list[Write]:
+    """The same end state in fewer statements: of a row's writes only the last is
+    made, a Put keeping the `fetched_at` the upserts one by one would have left, and
+    what a Clear wipes is not written first (ten edits of a member in one batch are one
+    upsert, not ten)."""
+    out: list[Write] = []
+    run: dict[tuple[Kind, str], Put | Delete] = {}
+    for write in writes:
+        if isinstance(write, Clear):
+            run = {row: w for row, w in run.items() if row[0] != write.kind}
+            out.append(write)
+            continue
+        before = run.pop((write.kind, write.key), None)
+        if isinstance(write, Put) and write.fetched_at is None and isinstance(before, Put):
+            write = Put(write.kind, write.key, write.data, before.fetched_at)
+        run[(write.kind, write.key)] = write
+    return out + list(run.values())
+
+
 async def apply(conn: AsyncConnection, system_id: str, writes: list[Write]) -> None:
     """Carry out writes of one system, in order, inside the caller's transaction."""
-    for write in writes:
+    for write in coalesced(writes):
         match write:
             case Put():
                 await _put(conn, write, system_id)

@@ -10,9 +10,11 @@ depth and the RSS of every pkrelay process while it goes.
 
     python -m tests.bench.bench_throughput            # BENCH_EVENTS=3000 BENCH_SYSTEMS=20
     BENCH_ONLY=sqlite BENCH_KINDS=CREATE_MESSAGE python -m tests.bench.bench_throughput
+    BENCH_ONLY=sqlite BENCH_SYSTEMS=1 python -m tests.bench.bench_throughput  # one busy system's ceiling
 
 Prints one line per run: events/s from the first POST to the last delivery, POST rate,
-the deepest queue, RSS per process at start and end.
+the queue depth over the run, RSS per process at start and end, and CPU per process
+(as a share of one core over the run, the load generator's own included).
 """
 
 from __future__ import annotations
@@ -104,7 +106,14 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
     start = {k: v for root in roots for k, v in sample(root).items()}
     me = psutil.Process()
     own_cpu = sum(me.cpu_times()[:2])
-    deepest = 0
+    depths: list[int] = []  # jobs due, every half second
+
+    async def watch() -> None:
+        while True:
+            depths.append(due(queue))
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
     started = time.perf_counter()
     # aiohttp: the load generator shares the cores with what it measures, and an httpx
     # POST costs ten times the CPU.
@@ -120,18 +129,18 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
     posted = time.perf_counter()
     deadline = posted + 600
     while len(sink.received) - before < len(payloads):
-        deepest = max(deepest, due(queue))
         if time.perf_counter() > deadline:
             raise RuntimeError(f"only {len(sink.received) - before} of {len(payloads)} delivered in 10 minutes")
         await asyncio.sleep(0.05)
     done = max(r.at for r in sink.received[before:])
+    watcher.cancel()
     end = {k: v for root in roots for k, v in sample(root).items()}
     queue.close()
     took = done - started
     rss = ", ".join(f"{k} {start.get(k, (0, 0))[0]:.0f}->{v[0]:.0f} MB" for k, v in sorted(end.items()))
     cpu = ", ".join(f"{k.split(':')[0]} {(v[1] - start.get(k, (0, 0))[1]) / took:.0%}" for k, v in sorted(end.items()))
     return (f"{len(payloads) / took:6.0f} events/s end to end "
-            f"(POSTs at {len(payloads) / (posted - started):.0f}/s), deepest queue {deepest}, RSS {rss}; "
+            f"(POSTs at {len(payloads) / (posted - started):.0f}/s), queue depth every 0.5 s {depths}, RSS {rss}; "
             f"CPU {cpu}, this bench (clients, sink) {(sum(me.cpu_times()[:2]) - own_cpu) / took:.0%}")
 
 
