@@ -6,9 +6,10 @@ state changes and deliveries are written in the same transaction.
 
 A system's events are logged in arrival order: the receiver puts each event (and its
 payload) in its system's pending set, and whichever job holds the system's lock logs
-the pending events oldest first, up to its own. Jobs of later events then find theirs
-already logged. So `previous` always chains, whatever order arq runs jobs in, and a
-burst costs no waiting beyond the lock.
+the pending events oldest first, up to its own (and one batch more, of those that
+arrived meanwhile). Jobs of later events then find theirs already logged. So
+`previous` always chains, whatever order arq runs jobs in, and a burst costs no
+waiting beyond the lock.
 """
 
 from __future__ import annotations
@@ -104,17 +105,24 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
     if not await lock.acquire(blocking_timeout=LOCK_WAIT_S):
         raise Retry(defer=LOCK_RETRY_S)
     try:
+        ours: bool | None = None  # once our event is logged: whether this job logged it
         while True:
             ids = [i.decode() for i in await redis.zrange(pending, 0, BATCH - 1)]
-            if not ids or ids[0] > job.event_id:
+            if ours is not None and not ids:
+                return ours
+            if not ids or (ours is None and ids[0] > job.event_id):
                 return bool(await _log(res, tries, [job]))  # ours is done (or was never pending): make sure
             raws = await redis.hmget(payloads, ids)
             jobs = [payload if i == job.event_id else raw for i, raw in zip(ids, raws, strict=True)]
             done = await _log(res, tries, [queue.decode(raw) for raw in jobs if raw is not None])
             await queue.logged(redis, job.system, ids, job.event_id)
             await lock.reacquire()
+            if ours is not None:
+                return ours
             if job.event_id in ids:
-                return job.event_id in done
+                # One round more, for what arrived while we worked: their jobs would
+                # only wait for this lock.
+                ours = job.event_id in done
     finally:
         try:
             await lock.release()
