@@ -13,7 +13,8 @@ depth and the RSS of every pkrelay process while it goes.
     BENCH_ONLY=sqlite BENCH_SYSTEMS=1 python -m tests.bench.bench_throughput  # one busy system's ceiling
 
 Prints one line per run: events/s from the first POST to the last delivery, POST rate,
-the queue depth over the run, RSS per process at start and end, and CPU per process
+the rate the backlog drains at once every POST is answered (the workers' pace, with the
+receiver idle), the queue depth over the run, RSS per process at start and end, and CPU per process
 (as a share of one core over the run, the load generator's own included).
 """
 
@@ -127,6 +128,7 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
 
         await asyncio.gather(*(post() for _ in range(CONCURRENCY)))
     posted = time.perf_counter()
+    by_posted = len(sink.received) - before
     deadline = posted + 600
     while len(sink.received) - before < len(payloads):
         if time.perf_counter() > deadline:
@@ -139,8 +141,11 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
     took = done - started
     rss = ", ".join(f"{k} {start.get(k, (0, 0))[0]:.0f}->{v[0]:.0f} MB" for k, v in sorted(end.items()))
     cpu = ", ".join(f"{k.split(':')[0]} {(v[1] - start.get(k, (0, 0))[1]) / took:.0%}" for k, v in sorted(end.items()))
+    # Once every POST is answered the receiver idles: the backlog drains at the workers' pace.
+    drain = (len(payloads) - by_posted) / max(done - posted, 1e-9)
     return (f"{len(payloads) / took:6.0f} events/s end to end "
-            f"(POSTs at {len(payloads) / (posted - started):.0f}/s), queue depth every 0.5 s {depths}, RSS {rss}; "
+            f"(POSTs at {len(payloads) / (posted - started):.0f}/s, backlog drained at {drain:.0f}/s), "
+            f"queue depth every 0.5 s {depths}, RSS {rss}; "
             f"CPU {cpu}, this bench (clients, sink) {(sum(me.cpu_times()[:2]) - own_cpu) / took:.0%}")
 
 
