@@ -183,7 +183,9 @@ async def test_an_expired_session_goes_back_to_the_login_form(
     browser: Any,
 ) -> None:
     async with serve(tmp_path, redis_server, system_creds, fake_pk) as served:
-        served.app.state.dashboard.session_seconds = 1
+        # Long enough for the login's redirect to land on a loaded machine (a 1 s session
+        # could end first), short enough to wait out below.
+        served.app.state.dashboard.session_seconds = 5
         page = await browser.new_page()
         await _login(page, served, path="/connect")
         await expect(page.get_by_role("heading", name="Connect a system")).to_be_visible()
