@@ -191,6 +191,9 @@ async def test_an_expired_session_goes_back_to_the_login_form(
         await expect(page.get_by_role("heading", name="Connect a system")).to_be_visible()
         [cookie] = [c for c in await browser.cookies() if c["name"] == "pkrelay_session"]
         expires = int(cookie["value"].split(".")[0])
+        # Off the page: it reloads itself every 5 s (waiting for PINGs), and a reload in
+        # flight would abort the navigation below.
+        await page.goto("about:blank")
         while time.time() <= expires:  # the session's own end, not a guess at a race
             await page.wait_for_timeout(100)
         # Kept by the browser past its end, as a copied cookie would be: the server refuses it.
