@@ -6,11 +6,11 @@ import asyncio
 import difflib
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pkrelay import db
 from pkrelay.config import Settings
@@ -28,10 +28,12 @@ def row_to_event(row: sa.Row[Any]) -> Event:
     )
 
 
-def _matching(system: str | None, event_type: str | None) -> sa.Select[Any]:
-    """Events of a system (configured name or UUID) and type, when given."""
+Query = TypeVar("Query", bound=sa.Select[Any])
+
+
+def matching(stmt: Query, system: str | None, event_type: str | None) -> Query:
+    """`stmt` narrowed to events of a system (configured name or UUID) and type, when given."""
     t = db.events
-    stmt = sa.select(t)
     if system:
         stmt = stmt.where(sa.or_(t.c.system == system, t.c.system_id == system))
     if event_type:
@@ -49,7 +51,7 @@ async def query(
 ) -> list[Event]:
     """The newest events matching the filters, newest first."""
     t = db.events
-    stmt = _matching(system, event_type)
+    stmt = matching(sa.select(t), system, event_type)
     if since:
         stmt = stmt.where(t.c.received_at >= since)
     async with engine.connect() as conn:
@@ -101,7 +103,7 @@ FOLLOW_OVERLAP = timedelta(seconds=30)
 async def _logged_since(engine: AsyncEngine, since: datetime | None, system: str | None,
                         event_type: str | None) -> list[tuple[Event, datetime]]:
     t = db.events
-    stmt = _matching(system, event_type).where(t.c.logged_at.is_not(None))
+    stmt = matching(sa.select(t), system, event_type).where(t.c.logged_at.is_not(None))
     if since is not None:
         stmt = stmt.where(t.c.logged_at >= since)
     async with engine.connect() as conn:
@@ -116,6 +118,14 @@ async def logged_position(engine: AsyncEngine, event_id: str) -> tuple[datetime,
     async with engine.connect() as conn:
         logged_at = (await conn.execute(sa.select(t.c.logged_at).where(t.c.id == event_id))).scalar()
     return (logged_at, event_id) if logged_at is not None else None
+
+
+async def latest_system_id(conn: AsyncConnection, system: str) -> str | None:
+    """The UUID the latest event of this configured system named (for a system
+    configured by api_token alone)."""
+    t = db.events
+    return (await conn.execute(sa.select(t.c.system_id).where(t.c.system == system, t.c.system_id.is_not(None))
+                               .order_by(t.c.id.desc()).limit(1))).scalar()
 
 
 class Follower:

@@ -30,6 +30,11 @@ SYSTEM_LOCK_MARGIN_S = 3.0
 PollKey = Literal["next", "last", "lease", "unregistered", "token_rejected"]
 
 
+# The registration PINGs the receivers answered, newest first (the dashboard's
+# "connect a system" page).
+PINGS = f"{PREFIX}:dashboard:pings"
+
+
 def pending(system: str) -> str:
     """A system's events not yet logged, oldest first (a sorted set of event ids)."""
     return f"{PREFIX}:pending:{system}"

@@ -175,8 +175,9 @@ async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, eve
             events = (await conn.execute(query)).all()
             ids = [row.id for row in events]
             for row in events:
-                wanted = [s.key for s in sinks if s.wants(row.type, row.system)]
-                await conn.execute(d.update().where(d.c.event_id == row.id, d.c.sink.in_(wanted)).values(**reopen))
+                await conn.execute(d.update().where(d.c.event_id == row.id,
+                                                    d.c.sink.in_(wanted(row.type, row.system, sinks)))
+                                   .values(**reopen))
                 await plan(conn, row.id, row.type, row.system, sinks)
     async with engine.connect() as conn:
         return await enqueue_pending(redis, conn, ids)

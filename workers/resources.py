@@ -24,8 +24,7 @@ from workers.mqtt import MqttConnection
 
 CTX_KEY = "resources"
 # Requests one worker process has in flight to one sink: a burst reaches a user's
-# server as a steady stream over a few kept-alive connections, not as a flood of new
-# ones (and httpx's pool, which looks at every connection for each request, stays small).
+# server as a steady stream over a few kept-alive connections, not as a flood of new ones.
 SINK_CONCURRENCY = 8
 
 

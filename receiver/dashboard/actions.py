@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 
-from pkrelay import db
+from pkrelay import db, eventlog
 from pkrelay.config import Sink
 from pkrelay.envelope import new_event_id
 from receiver.relay import Relay
@@ -56,9 +56,7 @@ async def send_test(relay: Relay, sink: Sink) -> str:
     async with relay.engine.begin() as conn:
         system_id = system.system_id if system else None
         if system and not system_id:
-            e = db.events
-            system_id = (await conn.execute(sa.select(e.c.system_id).where(
-                e.c.system == system.name, e.c.system_id.is_not(None)).order_by(e.c.id.desc()).limit(1))).scalar()
+            system_id = await eventlog.latest_system_id(conn, system.name)
         await conn.execute(db.events.insert().values(
             id=event_id, type=TEST_TYPE, source=TEST_SOURCE, system=system.name if system else None,
             system_id=system_id, entity_id=None, received_at=now, logged_at=now,

@@ -15,10 +15,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from pkrelay import keys
 from pkrelay.config import SystemConfig
 
 log = logging.getLogger("pkrelay.receiver")
-KEY = "pkrelay:dashboard:pings"
 KEEP = 50
 TTL_S = 3600
 
@@ -37,9 +37,9 @@ async def record(redis: Redis, system_id: str | None, system: SystemConfig | Non
                                      401 if system is None else 200))
     try:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(KEY, entry)
-            pipe.ltrim(KEY, 0, KEEP - 1)
-            pipe.expire(KEY, TTL_S)
+            pipe.lpush(keys.PINGS, entry)
+            pipe.ltrim(keys.PINGS, 0, KEEP - 1)
+            pipe.expire(keys.PINGS, TTL_S)
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.debug("PING not recorded for the dashboard: %s", exc)
@@ -48,7 +48,7 @@ async def record(redis: Redis, system_id: str | None, system: SystemConfig | Non
 async def recent(redis: Redis) -> list[Ping]:
     """Newest first; empty when Redis cannot answer."""
     try:
-        raw: list[Any] = await redis.lrange(KEY, 0, KEEP - 1)
+        raw: list[Any] = await redis.lrange(keys.PINGS, 0, KEEP - 1)
     except (RedisError, OSError):
         return []
     return [msgspec.json.decode(r, type=Ping) for r in raw]

@@ -47,13 +47,8 @@ def fronter_view(member: Any) -> dict[str, Any]:
 
 async def _system_uuids(conn: AsyncConnection, settings: Settings) -> dict[str, str | None]:
     """Each system's UUID: configured, or the one its latest event named."""
-    e = db.events
-    out: dict[str, str | None] = {}
-    for system in settings.systems:
-        out[system.name] = system.system_id or (await conn.execute(
-            sa.select(e.c.system_id).where(e.c.system == system.name, e.c.system_id.is_not(None))
-            .order_by(e.c.id.desc()).limit(1))).scalar()
-    return out
+    return {system.name: system.system_id or await eventlog.latest_system_id(conn, system.name)
+            for system in settings.systems}
 
 
 async def sink_stats(relay: Relay) -> list[dict[str, Any]]:
@@ -78,7 +73,7 @@ async def sink_stats(relay: Relay) -> list[dict[str, Any]]:
             "pending": counts_of.get("pending", 0), "dead": counts_of.get("dead", 0),
             "delivered": counts_of.get("delivered", 0), "failing": failing.get(sink.key, 0),
             "failures_24h": failures.get(sink.key, 0),
-            "last_success": last_ok[sink.key] if last_ok.get(sink.key) else None,
+            "last_success": last_ok.get(sink.key),
         })
     return out
 
@@ -114,11 +109,8 @@ async def overview(relay: Relay) -> dict[str, Any]:
 async def events(relay: Relay, system: str | None, event_type: str | None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest events, newest first, with the configured system name of each."""
     e = db.events
-    stmt = sa.select(e.c.id, e.c.type, e.c.source, e.c.system, e.c.system_id, e.c.entity_id, e.c.received_at)
-    if system:
-        stmt = stmt.where(sa.or_(e.c.system == system, e.c.system_id == system))
-    if event_type:
-        stmt = stmt.where(e.c.type == event_type)
+    stmt = eventlog.matching(sa.select(e.c.id, e.c.type, e.c.source, e.c.system, e.c.system_id, e.c.entity_id,
+                                       e.c.received_at), system, event_type)
     async with relay.engine.connect() as conn:
         rows = (await conn.execute(stmt.order_by(e.c.id.desc()).limit(limit))).all()
     return [{**r._asdict(), "received_at": r.received_at} for r in rows]
@@ -127,11 +119,7 @@ async def events(relay: Relay, system: str | None, event_type: str | None, limit
 async def newest_logged(relay: Relay, system: str | None, event_type: str | None) -> str | None:
     """The id of the event logged last among those matching, where a live page resumes."""
     e = db.events
-    stmt = sa.select(e.c.id).where(e.c.logged_at.is_not(None))
-    if system:
-        stmt = stmt.where(sa.or_(e.c.system == system, e.c.system_id == system))
-    if event_type:
-        stmt = stmt.where(e.c.type == event_type)
+    stmt = eventlog.matching(sa.select(e.c.id).where(e.c.logged_at.is_not(None)), system, event_type)
     async with relay.engine.connect() as conn:
         return (await conn.execute(stmt.order_by(e.c.logged_at.desc(), e.c.id.desc()).limit(1))).scalar()
 
@@ -172,7 +160,7 @@ async def event_detail(relay: Relay, event_id: str) -> dict[str, Any] | None:
               "attempts": [{"at": t.at, "status_code": t.status_code, "error": t.error,
                             "duration_ms": t.duration_ms} for t in attempts if t.sink == dv.sink]}
              for dv in deliveries]
-    return {"event": event, "system": row.system, "logged_at": row.logged_at if row.logged_at else None,
+    return {"event": event, "system": row.system, "logged_at": row.logged_at,
             "envelope": _pretty(event), "data": _pretty(event.data), "diff": diff(event.previous, event.entity),
             "sinks": sinks}
 
@@ -180,9 +168,9 @@ async def event_detail(relay: Relay, event_id: str) -> dict[str, Any] | None:
 async def problem_deliveries(relay: Relay, limit: int = 200) -> list[dict[str, Any]]:
     """Per sink: its dead letters and its failing (still retrying) deliveries."""
     d, e = db.deliveries, db.events
-    out = []
+    out, stats_of = [], await sink_stats(relay)
     async with relay.engine.connect() as conn:
-        for stats in await sink_stats(relay):
+        for stats in stats_of:
             rows = (await conn.execute(
                 sa.select(d.c.event_id, d.c.status, d.c.attempts, d.c.last_attempt_at, d.c.last_error, e.c.type,
                           e.c.system)
