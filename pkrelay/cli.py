@@ -108,7 +108,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from pkrelay.eventlog import print_events
+    from pkrelay.store.eventlog import print_events
 
     _, settings = _load(args, "events")
     return asyncio.run(print_events(settings, follow=args.follow, system=args.system, event_type=args.type))
@@ -183,7 +183,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from arq import create_pool
     from arq.connections import RedisSettings
 
-    from workers.deliveries import replay
+    from pkrelay.store.deliveries import replay
 
     if not (args.event_ids or args.since or args.dead):
         raise UsageError("name EVENT_IDs, or give --since TIME or --dead")
@@ -197,7 +197,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     redis_url = _running_redis(settings, "replay")
 
     async def go() -> int:
-        from pkrelay.eventlog import missing_ids
+        from pkrelay.store.eventlog import missing_ids
 
         engine = db.create_engine(settings.database_url)
         if args.event_ids and (missing := await missing_ids(engine, args.event_ids)):
@@ -216,7 +216,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from workers.deliveries import listing
+    from pkrelay.store.deliveries import listing
 
     if not 1 <= args.limit <= 1000:
         raise UsageError(f"--limit {args.limit}: must be from 1 to 1000")

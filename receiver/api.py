@@ -12,10 +12,11 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 
-from pkrelay import eventlog, status
+from pkrelay import status
 from pkrelay.envelope import Event
+from pkrelay.store import eventlog
+from pkrelay.store.deliveries import Delivery, State, listing
 from receiver.relay import Relay
-from workers.deliveries import Delivery, State, listing
 
 
 def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:

@@ -38,8 +38,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pkrelay import db, eventlog
+from pkrelay import db
 from pkrelay.envelope import Event
+from pkrelay.store import eventlog
 from receiver.relay import Relay
 
 log = logging.getLogger("pkrelay.stream")

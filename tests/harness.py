@@ -14,8 +14,8 @@ from arq import create_pool
 from arq.worker import Worker
 
 from pkrelay import config, db
+from pkrelay.store.deliveries import RetryPolicy
 from receiver.app import create_app
-from workers.deliveries import RetryPolicy
 from workers.poll import poll_tick
 from workers.settings import worker_settings
 

@@ -16,11 +16,11 @@ import msgspec
 import pytest
 
 from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.store.deliveries import RetryPolicy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
 from tests.sink_server import SinkServer
 from tests.test_stream import ADMIN, Served, serve
-from workers.deliveries import RetryPolicy
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
 

@@ -22,13 +22,13 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from pkrelay import config, db
 from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.store import deliveries
+from pkrelay.store.deliveries import RetryPolicy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.servers import clean_env
 from tests.sink_server import SinkServer
-from workers import deliveries
-from workers.deliveries import RetryPolicy
 from workers.resources import SINK_CONCURRENCY
 
 FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pkrelay.store.state import Delete, Kind, Put, Snapshot
 from workers.diff import diff
-from workers.state import Delete, Kind, Put, Snapshot
 
 SYSTEM = "sys-uuid"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

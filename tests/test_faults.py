@@ -21,6 +21,7 @@ from litestar.testing import AsyncTestClient
 from pkrelay import db, keys
 from pkrelay.envelope import Event, new_event_id
 from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.store.state import Kind
 from tests import postgres
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
@@ -29,7 +30,6 @@ from tests.sink_server import SinkServer
 from tests.test_delivery import FAST, _deliveries, _serve, _sink, sinks  # noqa: F401 (sinks: a fixture)
 from workers.record import record
 from workers.resources import Resources
-from workers.state import Kind
 from workers.sweep import sweep
 
 HUGE = b"9" * 4500  # an integer no JSON decoder of ours keeps, in a key PluralKit's model does not check

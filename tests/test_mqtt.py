@@ -19,13 +19,13 @@ from arq.worker import Worker
 from litestar.testing import AsyncTestClient
 
 from pkrelay import db
+from pkrelay.store.deliveries import RetryPolicy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until
 from tests.mqtt_broker import Broker
 from tests.test_queue import _worker
 from workers import homeassistant as ha
-from workers.deliveries import RetryPolicy
 from workers.settings import worker_settings
 
 FAST = RetryPolicy(base=0.1, cap=0.2)

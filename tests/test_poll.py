@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 
 from pkrelay import db, keys
 from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.store import state
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
 from tests.harness import Deployment, until, write_config
-from workers import state
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,

@@ -13,12 +13,13 @@ from litestar.testing import AsyncTestClient
 
 from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.store import deliveries
+from pkrelay.store.deliveries import RetryPolicy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
-from workers import deliveries, privacy
-from workers.deliveries import RetryPolicy
+from workers import privacy
 
 MEMBER = {
     "id": "abcde", "uuid": MEMBER_ID, "system": "exmpl", "name": "Alex", "display_name": "Al",

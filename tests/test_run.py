@@ -16,9 +16,10 @@ import httpx
 import psutil
 import pytest
 
-from pkrelay import config, eventlog
+from pkrelay import config
 from pkrelay import db as pkdb
 from pkrelay.redis_server import free_port
+from pkrelay.store import eventlog
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import write_config

@@ -9,8 +9,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from pkrelay import db
-from workers import state
-from workers.state import Clear, Delete, Kind, Put, Write
+from pkrelay.store import state
+from pkrelay.store.state import Clear, Delete, Kind, Put, Write
 
 SYSTEM = "sys-uuid"
 T1 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

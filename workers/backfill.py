@@ -9,7 +9,7 @@ from pkrelay import db
 from pkrelay.config import Settings, SystemConfig
 from pkrelay.pluralkit import errors
 from pkrelay.pluralkit.client import PluralKitClient
-from workers import state
+from pkrelay.store import state
 from workers.enrich import SNAPSHOT, resync
 
 STEPS = 1 + len(SNAPSHOT)  # the system, then each kind

@@ -24,13 +24,14 @@ from arq import Retry
 
 from pkrelay import queue
 from pkrelay.config import Sink
-from workers import deliveries, privacy, state
-from workers.deliveries import Pending, Settlement
+from pkrelay.store import deliveries, state
+from pkrelay.store.deliveries import Pending, Settlement
+from pkrelay.store.state import Kind
+from workers import privacy
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
 from workers.outage import survives_outages
 from workers.resources import Resources
 from workers.sinks import DeliveryFailed, Outgoing, sender_for
-from workers.state import Kind
 
 log = logging.getLogger("pkrelay.deliver")
 

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from pkrelay.envelope import Event, new_event_id
+from pkrelay.store.state import Delete, Kind, Put, Snapshot, Write
 from workers.fetch import full_switch
-from workers.state import Delete, Kind, Put, Snapshot, Write
 
 # Keys that change on their own (every proxied message) and that PluralKit never dispatches.
 VOLATILE = frozenset({"message_count", "last_message_timestamp", "webhook_url"})

@@ -24,8 +24,9 @@ from typing import Any
 
 from pkrelay.pluralkit import errors
 from pkrelay.pluralkit.client import PluralKitClient
-from workers import fetch, state
-from workers.state import Clear, Delete, Kind, Put
+from pkrelay.store import state
+from pkrelay.store.state import Clear, Delete, Kind, Put
+from workers import fetch
 
 log = logging.getLogger("pkrelay.enrich")
 FRESH = timedelta(seconds=10)

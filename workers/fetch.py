@@ -14,7 +14,7 @@ import msgspec
 
 from pkrelay.pluralkit import models
 from pkrelay.pluralkit.client import PluralKitClient
-from workers.state import Kind
+from pkrelay.store.state import Kind
 
 Answer = models.Model | list[models.Member] | list[models.Group] | list[models.Switch] | None
 

@@ -27,7 +27,8 @@ from pkrelay.config import SystemConfig
 from pkrelay.envelope import Event, ms_to_datetime
 from pkrelay.pluralkit import errors
 from pkrelay.retry import Backoff, Retryable
-from workers import schedule, state
+from pkrelay.store import state
+from workers import schedule
 from workers.enrich import Enriched, enrich
 from workers.outage import survives_outages
 from workers.record import record

@@ -37,11 +37,12 @@ from pkrelay import keys
 from pkrelay.config import MQTT_STATE_EVENTS, MqttSink, SystemConfig
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.retry import Backoff
+from pkrelay.store import state
+from pkrelay.store.state import Kind
 from workers import homeassistant as ha
-from workers import privacy, state
+from workers import privacy
 from workers.fetch import as_data
 from workers.sinks import DeliveryFailed, Outgoing
-from workers.state import Kind
 
 if TYPE_CHECKING:
     from workers.resources import Resources

@@ -28,11 +28,12 @@ from redis.exceptions import LockError
 from pkrelay import keys
 from pkrelay.config import SystemConfig
 from pkrelay.pluralkit import errors
-from workers import fetch, registration, schedule, state, token
+from pkrelay.store import state
+from pkrelay.store.state import Kind, Snapshot
+from workers import fetch, registration, schedule, token
 from workers.diff import diff
 from workers.record import record
 from workers.resources import Resources
-from workers.state import Kind, Snapshot
 
 log = logging.getLogger("pkrelay.poll")
 

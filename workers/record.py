@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from pkrelay import db
 from pkrelay.config import Sink
 from pkrelay.envelope import Event
-from workers import deliveries, state
+from pkrelay.store import deliveries, state
 from workers.metrics import EVENTS_LOGGED
 from workers.outage import data_error
 from workers.resources import Resources

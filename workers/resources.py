@@ -19,7 +19,7 @@ from pkrelay.config import LiveSettings, MqttSink, Settings, SystemConfig
 from pkrelay.pluralkit.client import PluralKitClient
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.pluralkit.ratelimit import token_key
-from workers.deliveries import RetryPolicy
+from pkrelay.store.deliveries import RetryPolicy
 from workers.mqtt import MqttConnection
 
 CTX_KEY = "resources"

@@ -28,7 +28,7 @@ from redis.exceptions import LockError
 
 from pkrelay import keys
 from pkrelay.config import SystemConfig
-from workers.state import Kind
+from pkrelay.store.state import Kind
 
 POLL_CADENCE = {Kind.FRONTERS: 2.0, Kind.SWITCH: 5.0, Kind.MEMBER: 10.0, Kind.GROUP: 10.0, Kind.SYSTEM: 20.0,
                 Kind.SETTINGS: 20.0}

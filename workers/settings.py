@@ -24,9 +24,9 @@ from redis.exceptions import WatchError
 from pkrelay import db, logs, queue
 from pkrelay.config import LiveSettings, Settings
 from pkrelay.retry import Backoff
+from pkrelay.store.deliveries import RetryPolicy
 from workers import webhook
 from workers.deliver import deliver
-from workers.deliveries import RetryPolicy
 from workers.ingest import ingest_dispatch
 from workers.outage import REDIS_DOWN
 from workers.poll import poll_tick

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pkrelay import db, keys, queue
-from workers import deliveries
+from pkrelay.store import deliveries
 from workers.outage import transient
 from workers.resources import Resources
 

@@ -17,7 +17,7 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis
 
 from pkrelay import keys
-from workers.state import Kind
+from pkrelay.store.state import Kind
 
 log = logging.getLogger("pkrelay.poll")
 

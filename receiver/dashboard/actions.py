@@ -1,45 +1,33 @@
 """What the dashboard's buttons do: replay dead letters of one sink, send a test event.
 
 Delivery itself stays the workers' job: we reopen or plan `deliveries` rows and
-enqueue the workers' own deliver jobs with `workers.deliveries.enqueue_pending`.
-(`workers.deliveries.replay` reopens the dead letters of every sink at once; the
-dashboard replays per sink, so it does its own reopening.)
+enqueue the workers' own deliver jobs (`pkrelay.store.deliveries`).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-from arq.connections import ArqRedis
-
-from pkrelay import db, eventlog
+from pkrelay import db
 from pkrelay.config import Sink
 from pkrelay.envelope import new_event_id
+from pkrelay.store import deliveries, eventlog
 from receiver.relay import Relay
-from workers.deliveries import enqueue_pending
 
 TEST_TYPE = "PKRELAY_TEST"
 TEST_SOURCE = "test"
 
 
 async def _enqueue(relay: Relay, event_ids: list[str]) -> int:
-    arq = ArqRedis(relay.redis.connection_pool)  # the receiver's pool, arq's job layout
     async with relay.engine.connect() as conn:
-        return await enqueue_pending(arq, conn, event_ids)
+        return await deliveries.enqueue_pending(relay.redis, conn, event_ids)
 
 
 async def replay_dead(relay: Relay, sink: Sink, event_ids: list[str] | None) -> int:
     """Deliver the named dead letters of `sink` (all of them when None) again, with
     their ids and a fresh retry window; returns how many were queued."""
-    d = db.deliveries
-    where = sa.and_(d.c.sink == sink.key, d.c.status == "dead")
-    if event_ids is not None:
-        where = sa.and_(where, d.c.event_id.in_(event_ids))
     async with relay.engine.begin() as conn:
-        ids = list((await conn.execute(sa.select(d.c.event_id).where(where))).scalars())
-        await conn.execute(d.update().where(where).values(
-            status="pending", attempts=0, first_attempt_at=None, last_error=None))
+        ids = await deliveries.reopen_dead(conn, sink.key, event_ids)
     return await _enqueue(relay, ids) if ids else 0
 
 

@@ -16,9 +16,11 @@ import sqlalchemy as sa
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pkrelay import db, eventlog, queue, status
+from pkrelay import db, queue, status
 from pkrelay.config import Settings, Sink
 from pkrelay.envelope import Event
+from pkrelay.store import eventlog
+from pkrelay.store.state import Kind
 from receiver.relay import Relay
 
 _HEX = re.compile(r"^[0-9a-fA-F]{6}$")
@@ -88,7 +90,7 @@ async def overview(relay: Relay) -> dict[str, Any]:
         recent: dict[str, int] = dict((await conn.execute(sa.select(e.c.system, sa.func.count()).where(
             e.c.received_at >= hour_ago).group_by(e.c.system))).all())
         fronters = {r.key: r.data for r in (await conn.execute(sa.select(db.state.c.key, db.state.c.data).where(
-            db.state.c.kind == "fronters", db.state.c.key.in_([u for u in uuids.values() if u])))).all()}
+            db.state.c.kind == Kind.FRONTERS, db.state.c.key.in_([u for u in uuids.values() if u])))).all()}
     configured = {s.name: s for s in settings.systems}
     for row in systems:
         system = configured[row["name"]]

@@ -12,14 +12,14 @@ from typing import Any, Literal
 
 import msgspec
 import sqlalchemy as sa
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pkrelay import db, queue
 from pkrelay.config import DeliveryConfig, Sink
 from pkrelay.envelope import Event
-from pkrelay.eventlog import row_to_event
 from pkrelay.retry import Backoff
+from pkrelay.store.eventlog import row_to_event
 
 DELIVER_JOB = "deliver"
 # Deliveries one deliver job makes at once, its own included.
@@ -74,7 +74,7 @@ async def plan_all(conn: AsyncConnection, events: list[tuple[str, str]], system:
         await conn.execute(db.insert_ignoring_duplicates(conn, db.deliveries), rows)
 
 
-async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]]) -> int:
+async def enqueue(redis: Redis, pending: list[tuple[str, str]]) -> int:
     """Enqueue a deliver job for each (event id, sink) in one round trip, unless that
     delivery's job is already queued; returns how many were new.
 
@@ -91,10 +91,10 @@ async def enqueue(redis: ArqRedis, pending: list[tuple[str, str]]) -> int:
             leader = job_id(lead, sink)
             jobs.append(queue.Job(leader, (lead, sink, rest) if rest else (lead, sink)))
             jobs += [queue.Job(job_id(e, sink), (e, sink), holder=leader) for e in rest]
-    return await queue.enqueue_unique(redis, DELIVER_JOB, jobs, redis.expires_extra_ms)
+    return await queue.enqueue_unique(redis, DELIVER_JOB, jobs, queue.JOB_EXPIRY_MS)
 
 
-async def enqueue_pending(redis: ArqRedis, conn: AsyncConnection, event_ids: list[str]) -> int:
+async def enqueue_pending(redis: Redis, conn: AsyncConnection, event_ids: list[str]) -> int:
     """Enqueue a deliver job for every pending delivery of these events; returns how
     many deliveries are pending."""
     t = db.deliveries
@@ -156,7 +156,24 @@ async def settle(engine: AsyncEngine, sink: str, settlements: list[Settlement]) 
         await conn.execute(update, rows)
 
 
-async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, event_ids: list[str] | None = None,
+_REOPENED = {"status": "pending", "attempts": 0, "first_attempt_at": None, "last_error": None}
+
+
+async def reopen_dead(conn: AsyncConnection, sink: str | None = None, event_ids: list[str] | None = None) -> list[str]:
+    """Make dead letters (of one sink, of these events) pending again with a fresh retry
+    window; returns their event ids."""
+    d = db.deliveries
+    where = d.c.status == "dead"
+    if sink is not None:
+        where = sa.and_(where, d.c.sink == sink)
+    if event_ids is not None:
+        where = sa.and_(where, d.c.event_id.in_(event_ids))
+    ids = list((await conn.execute(sa.select(d.c.event_id).where(where).distinct())).scalars())
+    await conn.execute(d.update().where(where).values(**_REOPENED))
+    return ids
+
+
+async def replay(engine: AsyncEngine, redis: Redis, sinks: list[Sink], *, event_ids: list[str] | None = None,
                  since: datetime | None = None, dead: bool = False) -> int:
     """Deliver stored events again, with their ids; returns how many deliveries were queued.
 
@@ -164,11 +181,9 @@ async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, eve
     the dead-lettered deliveries. Either way the retry window starts afresh.
     """
     e, d = db.events, db.deliveries
-    reopen = {"status": "pending", "attempts": 0, "first_attempt_at": None, "last_error": None}
     async with engine.begin() as conn:
         if dead:
-            ids = list((await conn.execute(sa.select(d.c.event_id).where(d.c.status == "dead").distinct())).scalars())
-            await conn.execute(d.update().where(d.c.status == "dead").values(**reopen))
+            ids = await reopen_dead(conn)
         else:
             query = sa.select(e.c.id, e.c.type, e.c.system)
             query = query.where(e.c.id.in_(event_ids)) if event_ids else query.where(e.c.received_at >= since)
@@ -177,7 +192,7 @@ async def replay(engine: AsyncEngine, redis: ArqRedis, sinks: list[Sink], *, eve
             for row in events:
                 await conn.execute(d.update().where(d.c.event_id == row.id,
                                                     d.c.sink.in_(wanted(row.type, row.system, sinks)))
-                                   .values(**reopen))
+                                   .values(**_REOPENED))
                 await plan(conn, row.id, row.type, row.system, sinks)
     async with engine.connect() as conn:
         return await enqueue_pending(redis, conn, ids)
