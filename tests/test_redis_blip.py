@@ -20,6 +20,7 @@ from redis.exceptions import LockError
 
 from pkrelay import keys, queue
 from pkrelay.redis_server import EmbeddedRedis
+from pkrelay.system_lock import Lease, SystemLock
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until, write_config
@@ -152,16 +153,17 @@ async def test_a_system_lock_lasts_while_its_holder_works_and_stops_the_holder_o
 ) -> None:
     redis = queue.connect(redis_server.url)
     name = keys.system_lock_name("home")
-    lock = keys.system_lock(redis, "home")
+    lease = Lease(seconds=2, renew_every_s=0.2, margin_s=0.6)  # the default's shape, five times shorter
+    lock = SystemLock(redis, "home", lease)
     wrote: list[str] = []
 
     async def hold() -> None:
         assert await lock.acquire(blocking_timeout=1)
         try:
-            await asyncio.sleep(keys.SYSTEM_LOCK_S + 2)  # longer than the lease: renewed meanwhile
-            assert not await keys.system_lock(redis, "home").acquire(blocking_timeout=0.2)
+            await asyncio.sleep(lease.seconds + 2)  # longer than the lease: renewed meanwhile
+            assert not await SystemLock(redis, "home", lease).acquire(blocking_timeout=0.2)
             await redis.set(name, b"another worker")  # as if it had lapsed and been taken
-            await asyncio.sleep(keys.SYSTEM_LOCK_S)
+            await asyncio.sleep(lease.seconds)
             wrote.append("after losing the lock")
         finally:
             with contextlib.suppress(LockError):

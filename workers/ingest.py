@@ -28,6 +28,7 @@ from pkrelay.envelope import Event, ms_to_datetime
 from pkrelay.pluralkit import errors
 from pkrelay.retry import Backoff, Retryable
 from pkrelay.store import state
+from pkrelay.system_lock import SystemLock
 from workers import schedule
 from workers.enrich import Enriched, enrich
 from workers.outage import survives_outages
@@ -96,7 +97,7 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
     tries: int = ctx.get("job_try", 1)
     redis = res.redis
     pending, payloads = keys.pending(job.system), keys.payloads(job.system)
-    lock = keys.system_lock(redis, job.system)
+    lock = SystemLock(redis, job.system)
     # An event leaves the pending set only once it is logged: while another job holds
     # the system's lock, it may well log ours, and then there is nothing to do. A job
     # that finds the lock held steps aside for a moment rather than hold a worker's
@@ -128,7 +129,7 @@ async def ingest_dispatch(ctx: dict[str, Any], payload: bytes) -> bool:
         try:
             await lock.release()
         except LockError:
-            log.warning("held the lock of %s longer than %d s", job.system, keys.SYSTEM_LOCK_S)
+            log.warning("held the lock of %s longer than %d s", job.system, lock.lease.seconds)
 
 
 async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> set[str]:

@@ -30,6 +30,7 @@ from pkrelay.config import SystemConfig
 from pkrelay.pluralkit import errors
 from pkrelay.store import state
 from pkrelay.store.state import Kind, Snapshot
+from pkrelay.system_lock import SystemLock
 from workers import fetch, registration, schedule, token
 from workers.diff import diff
 from workers.record import record
@@ -128,10 +129,10 @@ async def _snapshot(res: Resources, system_id: str) -> Snapshot:
         return await state.snapshot(conn, system_id)
 
 
-async def _lock_without_pending(res: Resources, system: SystemConfig) -> keys.SystemLock | None:
+async def _lock_without_pending(res: Resources, system: SystemConfig) -> SystemLock | None:
     """The system's lock, taken while no dispatch of it waits to be logged (one would
     look like a change found by polling), or None if dispatches kept coming."""
-    lock = keys.system_lock(res.redis, system.name)
+    lock = SystemLock(res.redis, system.name)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PENDING_WAIT_S
     while await lock.acquire(blocking_timeout=5):
