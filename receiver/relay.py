@@ -14,6 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from pkrelay import db, logs, queue
 from pkrelay.config import LiveSettings, Settings
+from receiver.batcher import Batcher
 from receiver.spool import Spool
 
 log = logging.getLogger("pkrelay.receiver")
@@ -37,7 +38,7 @@ class Relay:
         settings = live.current
         self.live = live
         self.redis = queue.connect(redis_url)
-        self.batcher = queue.Batcher(self.redis)
+        self.batcher = Batcher(self.redis)
         self.engine = db.create_engine(settings.database_url)
         self.spool = Spool(settings.data_path / "spool")
 
