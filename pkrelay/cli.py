@@ -7,13 +7,15 @@ import asyncio
 import json
 import logging
 import os
+import string
 import sys
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import msgspec
 
-from pkrelay import config, db, logs, queue, startup
+from pkrelay import config, db, logs, queue, startup, supervisor
 from pkrelay.redis_server import RedisServerError
 
 log = logging.getLogger("pkrelay")
@@ -46,20 +48,11 @@ def _running_redis(settings: config.Settings, command: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pkrelay.supervisor import Supervisor
-
     path, settings = _load(args, "run")
-    return Supervisor(settings, path).run()
-
-
-# `pkrelay serve` exits with this when its port is taken: `pkrelay run` then stops
-# everything rather than restarting a receiver that cannot ever start.
-EXIT_CANNOT_BIND = 3
+    return supervisor.Supervisor(settings, path).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import socket
-
     import uvicorn
 
     from receiver import server
@@ -69,12 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     redis_url = _need_redis(settings, "serve")
     host, port = settings.server.host, settings.server.port
     try:  # bound here, before anything else, so a taken port is one clear error
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        print(f"pkrelay serve: cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
-              "(another program, or another pkrelay, uses it; set server.port)", file=sys.stderr)
-        return EXIT_CANNOT_BIND
+        sock = server.bind(host, port)
+    except server.CannotBind as exc:
+        print(f"pkrelay serve: {exc}", file=sys.stderr)
+        return supervisor.EXIT_CANNOT_BIND
     startup.prepare(settings, None)  # not Redis: while it is down, the receiver spools
     app = create_app(config.LiveSettings(path, settings), redis_url)
     uvicorn.Server(server.config(app, host, port)).run(sockets=[sock])
@@ -114,42 +105,6 @@ def cmd_events(args: argparse.Namespace) -> int:
     return asyncio.run(print_events(settings, follow=args.follow, system=args.system, event_type=args.type))
 
 
-STARTER = """\
-# pkrelay's configuration, written by `pkrelay init`. Every setting: docs/contract.md.
-# Secrets: "env:NAME" reads the environment variable NAME at start; "file:PATH" reads
-# a file (relative to this one) at start and whenever it changes, so a token can be
-# added while pkrelay runs. Systems and sinks reload by themselves when you save.
-
-data_dir = "./data"      # database, embedded Redis and spool; relative to this file
-log_level = "info"       # "debug" also shows every job and HTTP request (or: --verbose)
-
-[server]
-host = "127.0.0.1"
-port = 8080
-dispatch_path = "/dispatch"
-public_url = ""          # the https URL PluralKit posts to, e.g. "https://relay.example.org/dispatch"
-
-[[systems]]
-name = {name}
-mode = {mode}           # auto: webhooks + slow reconciliation; poll: polling only; webhook: no polling
-system_id = ""           # the system's UUID; may stay empty when api_token is set
-signing_token = ""       # shown by the bot after `pk;system webhook <url>`, e.g. "file:pk-signing-token"
-api_token = ""           # `pk;token`: private data, and what `mode = "poll"` needs, e.g. "file:pk-api-token"
-
-# Where events go: uncomment and edit.
-# [[sinks]]
-# name = "ha-front"
-# type = "webhook"
-# url = "http://homeassistant.local:8123/api/webhook/pk-front"
-# events = ["CREATE_SWITCH"]
-#
-# [[sinks]]
-# name = "mqtt"
-# type = "mqtt"
-# url = "mqtt://127.0.0.1:1883"
-"""
-
-
 def _ask(question: str, default: str, choices: tuple[str, ...] = ()) -> str:
     while True:
         answer = input(f"{question} [{default}]: ").strip() or default
@@ -167,7 +122,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         name = _ask("a name for your system (a local label)", name)
         mode = _ask("mode: auto (webhooks, and polling to catch what they miss), poll (no public URL needed) or "
                     "webhook", mode, ("auto", "poll", "webhook"))
-    text = STARTER.format(name=json.dumps(name), mode=json.dumps(mode))
+    starter = string.Template((resources.files("pkrelay") / "starter.toml").read_text())
+    text = starter.substitute(name=json.dumps(name), mode=json.dumps(mode))
     try:
         with path.open("x") as f:  # "x": never overwrite, even one created a moment ago
             f.write(text)

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import IO
 
 from pkrelay import __version__, db
-from pkrelay.cli import EXIT_CANNOT_BIND
 from pkrelay.config import Settings
 from pkrelay.redis_server import EmbeddedRedis, RedisServerError, die_with_parent, embedded_dir
 from pkrelay.retry import Backoff
+
+# `pkrelay serve` exits with this when its port is taken: `pkrelay run` then stops
+# everything rather than restarting a receiver that cannot ever start.
+EXIT_CANNOT_BIND = 3
 
 log = logging.getLogger("pkrelay.run")
 # A child that keeps dying is restarted after 0.5 s, then 1 s, 2 s, ... at most 30 s.

@@ -14,6 +14,8 @@ one packet, so a flood of idle or trickling connections evicts itself, not them.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import Any
 
 import uvicorn
@@ -22,6 +24,22 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 READ_TIMEOUT_S = 10.0
 MAX_UNREAD = 1000
 KEEP_ALIVE_S = 5
+
+
+class CannotBind(Exception):
+    """The port cannot be listened on; the message says why and what to change."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts, so a taken port is one
+    clear error rather than a receiver restarted over and over."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CannotBind(f"cannot listen on {host}:{port}: {reason} "
+                         "(another program, or another pkrelay, uses it; set server.port)") from None
 
 
 def deadline_protocol(read_timeout: float = READ_TIMEOUT_S, max_unread: int = MAX_UNREAD) -> type[HttpToolsProtocol]:
