@@ -82,13 +82,12 @@ delivery_attempts = sa.Table(
 state = sa.Table(
     "state",
     metadata,
+    sa.Column("system_id", sa.String(64), primary_key=True),  # each system's rows are its own
     sa.Column("kind", sa.String(16), primary_key=True),
     sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("system_id", sa.String(64), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("fetched_at", UTCDateTime, nullable=True),  # last confirmed by the API
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.Index("ix_state_system_kind", "system_id", "kind"),
 )
 
 

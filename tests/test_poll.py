@@ -343,7 +343,7 @@ async def test_a_switch_logged_while_the_poll_fetched_yields_no_phantom_switch_e
     engine = db.create_engine(dep.live().current.database_url)
     try:
         async with engine.connect() as conn:
-            front = await state.get(conn, state.Kind.FRONTERS, fake_system.uuid)
+            front = await state.get(conn, fake_system.uuid, state.Kind.FRONTERS, fake_system.uuid)
     finally:
         await engine.dispose()
     assert front is not None and front.data["id"] == switched["id"]  # the store was not set back to "A"

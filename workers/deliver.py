@@ -77,7 +77,7 @@ async def _attempt(res: Resources, sink: Sink, pending: Pending) -> Settlement:
     envelope: dict[str, Any] | None = msgspec.to_builtins(event)
     if sink.public_only and envelope is not None:
         async with res.engine.connect() as conn:
-            stored = await state.get(conn, Kind.SYSTEM, event.system_id) if event.system_id else None
+            stored = await state.get(conn, event.system_id, Kind.SYSTEM, event.system_id) if event.system_id else None
         envelope = privacy.strip(envelope, system=stored.data if stored else None)
     if envelope is None:
         DELIVERIES.labels(sink.key, "skipped").inc()

@@ -144,8 +144,9 @@ async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> 
     async with res.engine.connect() as conn:
         ids = [j.event_id for j in jobs]
         logged = set((await conn.execute(sa.select(db.events.c.id).where(db.events.c.id.in_(ids)))).scalars())
-        view = state.View(conn)
+        views: dict[str, state.View] = {}  # by system UUID: a view reads only its system's rows
         for job in jobs:
+            view = views.setdefault(job.system_id or "", state.View(conn, job.system_id or ""))
             data, unreadable = _data(job)
             try:
                 if unreadable:

@@ -201,8 +201,8 @@ class MqttConnection:
         from the store; a system the store does not know yet is fetched once."""
         engine = self.resources.engine
         async with engine.connect() as conn:
-            system = await state.get(conn, Kind.SYSTEM, system_id)
-            front = await state.get(conn, Kind.FRONTERS, system_id)
+            system = await state.get(conn, system_id, Kind.SYSTEM, system_id)
+            front = await state.get(conn, system_id, Kind.FRONTERS, system_id)
             members = await state.all_of(conn, system_id, Kind.MEMBER)
         if system is None:
             system_data, front_data = await self._fetch(system_id, name)
@@ -369,7 +369,7 @@ class MqttSender:
 
     async def _short_id(self, system_id: str, name: str) -> str:
         async with self.resources.engine.connect() as conn:
-            system = await state.get(conn, Kind.SYSTEM, system_id)
+            system = await state.get(conn, system_id, Kind.SYSTEM, system_id)
         if system is None:
             data, _ = await self.resources.mqtt(self.sink)._fetch(system_id, name)
             return str(data["id"])

@@ -64,13 +64,20 @@ class Stored:
     fetched_at: datetime | None
 
 
-async def get(conn: AsyncConnection, kind: Kind, key: str) -> Stored | None:
-    row = (await conn.execute(sa.select(t.c.data, t.c.fetched_at).where(t.c.kind == kind, t.c.key == key))).first()
+# Every read and write names the system it is for, and touches only that system's rows:
+# one system's dispatch that names another's member, group or switch reads and writes
+# nothing of the other's.
+
+
+async def get(conn: AsyncConnection, system_id: str, kind: Kind, key: str) -> Stored | None:
+    row = (await conn.execute(sa.select(t.c.data, t.c.fetched_at).where(
+        t.c.kind == kind, t.c.key == key, t.c.system_id == system_id))).first()
     return None if row is None else Stored(row.data, row.fetched_at)
 
 
-async def get_many(conn: AsyncConnection, kind: Kind, keys: list[str]) -> dict[str, dict[str, Any]]:
-    rows = (await conn.execute(sa.select(t.c.key, t.c.data).where(t.c.kind == kind, t.c.key.in_(keys)))).all()
+async def get_many(conn: AsyncConnection, system_id: str, kind: Kind, keys: list[str]) -> dict[str, dict[str, Any]]:
+    rows = (await conn.execute(sa.select(t.c.key, t.c.data).where(
+        t.c.kind == kind, t.c.key.in_(keys), t.c.system_id == system_id))).all()
     return {r.key: r.data for r in rows}
 
 
@@ -114,10 +121,10 @@ async def _put(conn: AsyncConnection, write: Put, system_id: str) -> None:
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     stmt = dialect.insert(t).values(kind=write.kind, key=write.key, system_id=system_id, data=write.data,
                                     fetched_at=write.fetched_at, updated_at=now)
-    update: dict[str, Any] = {"data": stmt.excluded.data, "updated_at": now, "system_id": system_id}
+    update: dict[str, Any] = {"data": stmt.excluded.data, "updated_at": now}
     if write.fetched_at is not None:
         update["fetched_at"] = write.fetched_at
-    await conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.kind, t.c.key], set_=update))
+    await conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.system_id, t.c.kind, t.c.key], set_=update))
 
 
 def coalesced(writes: list[Write]) -> list[Write]:
@@ -146,7 +153,7 @@ async def apply(conn: AsyncConnection, system_id: str, writes: list[Write]) -> N
             case Put():
                 await _put(conn, write, system_id)
             case Delete(kind, key):
-                await conn.execute(t.delete().where(t.c.kind == kind, t.c.key == key))
+                await conn.execute(t.delete().where(t.c.kind == kind, t.c.key == key, t.c.system_id == system_id))
             case Clear(kind):
                 await conn.execute(t.delete().where(t.c.system_id == system_id, t.c.kind == kind))
 
@@ -158,18 +165,19 @@ class View:
     of those before it) and then write them all in one short transaction.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, system_id: str) -> None:
         self.conn = conn
+        self.system_id = system_id
         self._overlay: dict[tuple[Kind, str], Stored | None] = {}
         self._cleared: set[Kind] = set()
 
     async def get(self, kind: Kind, key: str) -> Stored | None:
         if (kind, key) in self._overlay:
             return self._overlay[(kind, key)]
-        return None if kind in self._cleared else await get(self.conn, kind, key)
+        return None if kind in self._cleared else await get(self.conn, self.system_id, kind, key)
 
     async def get_many(self, kind: Kind, keys: list[str]) -> dict[str, dict[str, Any]]:
-        found = {} if kind in self._cleared else await get_many(self.conn, kind, keys)
+        found = {} if kind in self._cleared else await get_many(self.conn, self.system_id, kind, keys)
         for key in keys:
             if (kind, key) in self._overlay:
                 stored = self._overlay[(kind, key)]
