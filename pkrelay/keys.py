@@ -17,6 +17,9 @@ PollKey = Literal["next", "last", "lease", "unregistered", "token_rejected"]
 # "connect a system" page).
 PINGS = f"{PREFIX}:dashboard:pings"
 
+# Each system's UUID as learned from the API or its first verified dispatch (pkrelay/pins.py).
+PINS = f"{PREFIX}:pins"
+
 
 def pending(system: str) -> str:
     """A system's events not yet logged, oldest first (a sorted set of event ids)."""

@@ -16,16 +16,22 @@ MASK = "**********"
 QUIET = ("arq.jobs", "arq.worker", "alembic", "httpx", "httpcore", "uvicorn", "uvicorn.error")
 
 
+# Control characters in a message are written escaped (a newline as a backslash and n): text from
+# outside (an event's field, an error from a server) can never start a line of its own
+# that looks like pkrelay's. Tracebacks keep their lines.
+_ESCAPED = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x09} | {0x0A: "\\n", 0x0D: "\\r"}
+
+
 class RedactSecrets(logging.Filter):
+    """Masks every configured secret and escapes control characters in each record."""
+
     def __init__(self) -> None:
         super().__init__()
         self.secrets: tuple[str, ...] = ()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
-        redacted = message
+        redacted = message.translate(_ESCAPED)
         for secret in self.secrets:
             redacted = redacted.replace(secret, MASK)
         if record.exc_info and not record.exc_text:

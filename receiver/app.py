@@ -11,7 +11,7 @@ from pkrelay.config import LiveSettings
 from receiver.api import api_router
 from receiver.dashboard.routes import dashboard_router, template_config
 from receiver.dashboard.session import DashboardSettings
-from receiver.dispatch import dispatch_handler
+from receiver.dispatch import dispatch_handlers
 from receiver.ops import healthz, prometheus, readyz
 from receiver.relay import Relay
 from receiver.stream import StreamSettings, event_stream
@@ -21,7 +21,7 @@ def create_app(live: LiveSettings, redis_url: str) -> Litestar:
     settings = live.current
     relay = Relay(live, redis_url)
     return Litestar(
-        route_handlers=[dispatch_handler(settings.server.dispatch_path), healthz, readyz, prometheus, api_router,
+        route_handlers=[*dispatch_handlers(settings.server.dispatch_path), healthz, readyz, prometheus, api_router,
                         event_stream, dashboard_router],
         lifespan=[relay.lifespan],
         state=State({"relay": relay, "stream": StreamSettings(), "dashboard": DashboardSettings()}),

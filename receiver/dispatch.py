@@ -13,17 +13,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter
 
-from pkrelay import db, queue
-from pkrelay.config import SystemConfig
+from pkrelay import pins, queue
+from pkrelay.config import Secret, SystemConfig
 from pkrelay.envelope import new_event_id
-from pkrelay.pluralkit.dispatch import Dispatch, decode_data
+from pkrelay.pluralkit.dispatch import Dispatch, decode_data, malformed
 from receiver.dashboard import pings
 from receiver.metrics import EVENTS_RECEIVED
 from receiver.relay import Relay
@@ -35,21 +36,6 @@ _OK = b'{"status":"ok"}'
 # What a body that is not JSON of the dispatch shape raises: invalid UTF-8 is not a
 # DecodeError, and nesting deeper than msgspec's limit is a RecursionError.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-
-# What the event log can hold of each field (on PostgreSQL a longer value is an error):
-# checked here, so such a dispatch gets a 400 instead of a 200 and a job that fails forever.
-_COLUMNS = {"type": db.events.c.type, "system_id": db.events.c.system_id, "id": db.events.c.entity_id}
-MAX_LENGTHS: dict[str, int] = {field: int(column.type.length) for field, column in _COLUMNS.items()}  # type: ignore[attr-defined]
-
-
-def too_long(dispatch: Dispatch) -> str | None:
-    """What is wrong when a field is longer than the event log can store, else None."""
-    for field, limit in MAX_LENGTHS.items():
-        value = getattr(dispatch, field)
-        if value is not None and len(value) > limit:
-            return f"`{field}` is {len(value)} characters long; at most {limit} can be stored"
-    return None
-
 
 # An oversized body is read and thrown away (up to this much, for this long) before
 # the 413, so the client hears it: closing on unread data resets the connection, and
@@ -113,7 +99,7 @@ def _answer(status: int, message: str | None = None) -> Response[bytes]:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def authenticate(systems: Sequence[SystemConfig], system_id: str | None, token: str | None) -> SystemConfig | None:
+def authenticate(systems: Sequence[SystemConfig], token: str | None) -> SystemConfig | None:
     """The configured system this token belongs to, or None.
 
     Every configured token is compared (in constant time) whatever the body claims,
@@ -124,9 +110,18 @@ def authenticate(systems: Sequence[SystemConfig], system_id: str | None, token: 
     found = None
     for system in systems:
         if system.signing_token.matches(token) and found is None:
-            if not system.system_id or system_id is None or system.system_id == system_id:
-                found = system
+            found = system
     return found
+
+
+_NOBODY = Secret("\0" * 64)  # compared for a name that is no system, so it costs what a real one does
+
+
+def authenticate_named(systems: Sequence[SystemConfig], name: str, token: str | None) -> SystemConfig | None:
+    """The system of this name if the token is its own: one comparison, however many systems."""
+    system = next((s for s in systems if s.name == name), None)
+    matched = (system.signing_token if system else _NOBODY).matches(token or "")
+    return system if system is not None and matched else None
 
 
 class Answer(msgspec.Struct):
@@ -137,42 +132,38 @@ class Answer(msgspec.Struct):
 
 
 _REFUSALS = {
-    400: "not a dispatch body, `data` does not fit its type, or a field longer than the log holds",
-    401: "missing, wrong or unknown signing_token",
+    400: "not a dispatch body, a field not of PluralKit's shape, or `data` that does not fit its type",
+    401: "missing, wrong or unknown signing_token, or a system_id that is not the token's system",
     413: "body larger than server.max_body_bytes",
     503: "neither the queue nor the spool could take the event (the error says whether Redis may have it)",
 }
 
 
-def dispatch_handler(path: str) -> HTTPRouteHandler:
+def dispatch_handlers(path: str) -> list[HTTPRouteHandler]:
+    """`POST {path}` (any system's token) and `POST {path}/{name}` (that system's only)."""
     refusals = Throttle()
 
-    def _warn_refused(token: str | None, system_id: str | None) -> None:
+    def _warn_refused(reason: str, system_id: str | None) -> None:
         """A WARNING for a 401, with what to do about it; never the token itself."""
-        reason = "no token" if not token else "unknown token"
         skipped = refusals.allow(reason)
         if skipped is None:
             return
         more = f" ({skipped} more refused since the last such line)" if skipped else ""
-        if not token:
+        if reason == "no token":
             log.warning("dispatch refused (401): the body carries no signing_token%s", more)
-            return
-        log.warning("dispatch refused (401): its signing_token matches no configured system (system_id %s)%s. "
-                    "If you just ran `pk;system webhook`, put the token the bot showed into that system's "
-                    "signing_token (\"file:PATH\" can be added while pkrelay runs); pkrelay reloads it within "
-                    "a second", repr(system_id)[:48], more)
+        elif reason == "unknown token":
+            log.warning("dispatch refused (401): its signing_token matches no configured system (system_id %s)%s. "
+                        "If you just ran `pk;system webhook`, put the token the bot showed into that system's "
+                        "signing_token (\"file:PATH\" can be added while pkrelay runs); pkrelay reloads it within "
+                        "a second", system_id, more)
+        else:
+            log.warning("dispatch refused (401): %s (system_id %s)%s. If that is your system's real UUID, set "
+                        "system_id in its [[systems]] table", reason, system_id, more)
 
-    @post(
-        path,
-        status_code=200,
-        summary="Receive a PluralKit dispatch webhook",
-        description="200 once the event is durable (queued or spooled); 401 wrong token; 400 bad body; "
-        "413 too large; 503 when neither the queue nor the spool can take it.",
-        responses={code: ResponseSpec(Answer, description=why) for code, why in _REFUSALS.items()},
-    )
-    async def receive_dispatch(request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def receive(request: Request[Any, Any, Any], name: str | None) -> Response[bytes]:
         relay: Relay = request.app.state.relay
-        body = await read_body(request, relay.live.current.server.max_body_bytes)
+        settings = relay.live.current
+        body = await read_body(request, settings.server.max_body_bytes)
         if body is None:
             EVENTS_RECEIVED.labels("-", "too_large").inc()
             return _answer(413, "body larger than server.max_body_bytes")
@@ -181,17 +172,26 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
         except _UNDECODABLE as exc:
             EVENTS_RECEIVED.labels("-", "invalid").inc()
             return _answer(400, f"not a dispatch body: {exc}")
-        if problem := too_long(dispatch):
+        if problem := malformed(dispatch):
             EVENTS_RECEIVED.labels("-", "invalid").inc()
             return _answer(400, problem)
-        system = authenticate(relay.live.current.systems, dispatch.system_id, dispatch.signing_token)
-        if dispatch.type == "PING":  # the dashboard's "connect a system" page shows these
-            await pings.record(relay.redis, dispatch.system_id, system)
+        token = dispatch.signing_token
+        system = (authenticate(settings.systems, token) if name is None
+                  else authenticate_named(settings.systems, name, token))
         if system is None:
-            EVENTS_RECEIVED.labels("-", "unauthorized").inc()
-            _warn_refused(dispatch.signing_token, dispatch.system_id)
+            EVENTS_RECEIVED.labels("PING" if dispatch.type == "PING" else "-", "unauthorized").inc()
+            _warn_refused("no token" if not token else "unknown token", dispatch.system_id)
             return _answer(401, "unauthorized")
-        if dispatch.type == "PING":
+        learned = await relay.pins.refresh()
+        refused = pins.refusal(system, dispatch.system_id, settings.systems, learned)
+        if refused is None and dispatch.system_id and pins.pinned(system, learned) is None:
+            refused = await relay.pins.pin_first(system.name, dispatch.system_id)
+        if refused is not None:
+            EVENTS_RECEIVED.labels("-", "unauthorized").inc()
+            _warn_refused(refused, dispatch.system_id)
+            return _answer(401, "unauthorized")
+        if dispatch.type == "PING":  # verified: the dashboard's "connect a system" page shows it
+            await pings.record(relay.redis, dispatch.system_id, system)
             EVENTS_RECEIVED.labels("PING", "ping").inc()
             return _answer(200)
         try:
@@ -206,7 +206,7 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
             received_ms=received_ms,
             system=system.name,
             type=dispatch.type,
-            system_id=dispatch.system_id or system.system_id or None,
+            system_id=dispatch.system_id or pins.pinned(system, relay.pins.current),
             entity_id=dispatch.id,
             data=bytes(dispatch.data) or b"null",
         ))
@@ -219,4 +219,20 @@ def dispatch_handler(path: str) -> HTTPRouteHandler:
                                 "spool cannot be written; it may still be delivered, once")
         return _answer(200)
 
-    return receive_dispatch
+    description = ("200 once the event is durable (queued or spooled); 401 wrong token or a system_id that is not "
+                   "the token's system; 400 bad body; 413 too large; 503 when neither the queue nor the spool can "
+                   "take it.")
+    responses = {code: ResponseSpec(Answer, description=why) for code, why in _REFUSALS.items()}
+
+    @post(path, status_code=200, summary="Receive a PluralKit dispatch webhook (any configured system)",
+          description=description, responses=responses)
+    async def receive_dispatch(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await receive(request, None)
+
+    @post(f"{path.rstrip('/')}/{{name:str}}", status_code=200, description=description, responses=responses,
+          summary="Receive a PluralKit dispatch webhook for one system (only its signing_token is compared)")
+    async def receive_system_dispatch(request: Request[Any, Any, Any],
+                                      name: Annotated[str, PathParameter()]) -> Response[bytes]:
+        return await receive(request, name)
+
+    return [receive_dispatch, receive_system_dispatch]

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from pkrelay import db, logs, queue
 from pkrelay.config import LiveSettings, Settings
+from pkrelay.pins import Pins
 from receiver.batcher import Batcher
 from receiver.spool import Spool
 
@@ -39,6 +40,7 @@ class Relay:
         self.live = live
         self.redis = queue.connect(redis_url)
         self.batcher = Batcher(self.redis)
+        self.pins = Pins(self.redis)
         self.engine = db.create_engine(settings.database_url)
         self.spool = Spool(settings.data_path / "spool")
 

@@ -4,7 +4,6 @@ a Redis that stops mid-request, a wrong API token, connections that trickle."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -45,28 +44,35 @@ async def test_absurd_nesting_is_a_400(dispatcher: FakeDispatcher, deployment: D
     assert await _queued(deployment) == 0
 
 
-async def test_fields_longer_than_the_log_holds_are_a_400_naming_the_field(
+async def test_fields_not_of_pluralkits_shape_are_a_400_naming_the_field(
     dispatcher: FakeDispatcher, deployment: Deployment, system_creds: dict[str, str],
 ) -> None:
     token, system_id = system_creds["signing_token"], system_creds["system_id"]
-    too_long = {
-        "type": body("T" * 72, token, system_id, MEMBER, {}),
-        "id": body("UPDATE_MEMBER", token, system_id, "m" * 80, {"name": "x"}),
-        "system_id": body("UPDATE_SYSTEM", token, None, None, {"name": "x"}).replace(
-            b'"system_id":null', json.dumps({"system_id": "s" * 65})[1:-1].encode()),
+    bad = {
+        "type": [body("T" * 72, token, system_id, MEMBER, {}),
+                 body("X\n2026-12-04 17:00:00,000 worker ERROR pkrelay: FORGED", token, system_id, None, None),
+                 body("update_member", token, system_id, MEMBER, {})],
+        "id": [body("UPDATE_MEMBER", token, system_id, "m" * 80, {"name": "x"}),
+               body("UPDATE_MEMBER", token, system_id, f"../systems/{system_id}/switches?limit=1&", {}),
+               body("UPDATE_MEMBER", token, system_id, "abcde\n", {})],
+        "system_id": [body("UPDATE_SYSTEM", token, "s" * 65, None, {"name": "x"}),
+                      body("UPDATE_SYSTEM", token, "exmpl", None, {"name": "x"})],
     }
-    for field, content in too_long.items():
-        response = await dispatcher.send(content)
-        assert response.status_code == 400, (field, response.text)
-        error = response.json()["error"]
-        assert f"`{field}`" in error and "at most 64" in error, error
-        assert token not in error
+    for field, contents in bad.items():
+        for content in contents:
+            response = await dispatcher.send(content)
+            assert response.status_code == 400, (field, response.text)
+            error = response.json()["error"]
+            assert f"`{field}`" in error, error
+            assert token not in error
     assert await _queued(deployment) == 0
-    # exactly as long as the log holds is fine, and is logged
-    at_limit = body("X" * 64, token, system_id, "e" * 64, {"k": "v"})
-    assert (await dispatcher.send(at_limit)).status_code == 200
+    # every shape PluralKit uses is fine, and is logged
+    shapes = [("X" * 64, "e4f2bb3c-59f2-4e4b-9b2c-0a0a0a0a0a0a"), ("UPDATE_MEMBER", "abcdef"),
+              ("UPDATE_MEMBER_GUILD", "466378653216014359"), ("UPDATE_SYSTEM", None)]
+    for event_type, entity_id in shapes:
+        assert (await dispatcher.send(body(event_type, token, system_id, entity_id, {"k": "v"}))).status_code == 200
     await deployment.work()
-    assert [(r.type, r.entity_id) for r in await deployment.logged()] == [("X" * 64, "e" * 64)]
+    assert sorted((r.type, r.entity_id) for r in await deployment.logged()) == sorted(shapes)
 
 
 async def test_a_redis_paused_mid_request_never_gets_a_false_answer(

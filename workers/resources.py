@@ -8,13 +8,16 @@ jobs take it from `ctx` once (`Resources.of(ctx)`) and pass it on typed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pkrelay import pins
 from pkrelay.config import LiveSettings, MqttSink, Settings, SystemConfig
 from pkrelay.pluralkit.client import PluralKitClient
 from pkrelay.pluralkit.errors import PluralKitError
@@ -22,6 +25,7 @@ from pkrelay.pluralkit.ratelimit import token_key
 from pkrelay.store.deliveries import RetryPolicy
 from workers.mqtt import MqttConnection
 
+log = logging.getLogger("pkrelay.worker")
 CTX_KEY = "resources"
 # Requests one worker process has in flight to one sink: a burst reaches a user's
 # server as a steady stream over a few kept-alive connections, not as a flood of new ones.
@@ -69,8 +73,20 @@ class Resources:
             found = await self.client(system).system("@me")
             if not isinstance(found.uuid, str):
                 raise PluralKitError(f"GET /systems/@me for {system.name} named no uuid")
+            await pins.pin_from_api(self.redis, system.name, found.uuid)
             self._system_ids[key] = found.uuid
         return self._system_ids[key]
+
+    async def learn_pins(self) -> None:
+        """Pin every system that has an api_token but no system_id to the UUID the API
+        names for it (pkrelay/pins.py), at start and after each reload, so no dispatch
+        can pin it to another system's UUID first. Failures wait for the next use."""
+        for system in self.settings.systems:
+            if system.api_token and not system.system_id:
+                try:
+                    await self.system_id(system)
+                except (PluralKitError, RedisError, OSError) as exc:
+                    log.info("could not learn the UUID of %s from the API yet: %s", system.name, exc)
 
     def sending(self, sink_key: str) -> asyncio.Semaphore:
         """A slot to hold while sending to this sink (`SINK_CONCURRENCY` per sink)."""

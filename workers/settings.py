@@ -118,8 +118,18 @@ class Worker(arq.worker.Worker):
 def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolicy | None = None) -> dict[str, Any]:
     """Keyword arguments for arq.Worker."""
 
+    learning: set[asyncio.Task[None]] = set()
+    resources: list[Resources] = []  # the process's, once started
+
+    def learn_pins(resources: Resources) -> None:
+        task = asyncio.get_running_loop().create_task(resources.learn_pins())
+        learning.add(task)
+        task.add_done_callback(learning.discard)
+
     def config_changed(fresh: Settings) -> None:
         logs.setup(fresh.secrets(), "worker")
+        if resources:
+            learn_pins(resources[0])
 
     async def startup(ctx: dict[str, Any]) -> None:
         if CTX_KEY in ctx:
@@ -131,6 +141,8 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
             watcher=asyncio.create_task(live.watch(config_changed)),
         )
         Resources.of(ctx).open_sinks()
+        resources[:] = [Resources.of(ctx)]
+        learn_pins(resources[0])
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await Resources.of(ctx).aclose()

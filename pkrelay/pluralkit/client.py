@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 # httpx imports anyio's event-loop backend on its first request (about 60 ms), which
 # would make the first request after a limiter slot arrive late and crowd the next one.
@@ -43,6 +44,12 @@ _ERRORS: dict[int, type[errors.ApiError]] = {
     400: errors.BadRequest, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
 }
 _error_body = msgspec.json.Decoder(models.ErrorBody)
+
+
+def _segment(ref: str) -> str:
+    """One path segment, whatever `ref` holds: an id never adds a segment, a query or a
+    dot segment to the path (`../systems/x` is sent as one escaped segment)."""
+    return quote(ref, safe="@").replace(".", "%2E")
 
 
 def reset_seconds(value: str) -> float:
@@ -159,21 +166,21 @@ class PluralKitClient:
         return msgspec.json.decode(response.content, type=model)
 
     async def system(self, ref: str = "@me") -> models.System:
-        return await self._get(f"/systems/{ref}", models.System)
+        return await self._get(f"/systems/{_segment(ref)}", models.System)
 
     async def settings(self, ref: str = "@me") -> models.SystemSettings:
-        return await self._get(f"/systems/{ref}/settings", models.SystemSettings)
+        return await self._get(f"/systems/{_segment(ref)}/settings", models.SystemSettings)
 
     async def members(self, ref: str = "@me") -> list[models.Member]:
-        return await self._get(f"/systems/{ref}/members", list[models.Member])
+        return await self._get(f"/systems/{_segment(ref)}/members", list[models.Member])
 
     async def groups(self, ref: str = "@me", *, with_members: bool = False) -> list[models.Group]:
         params = {"with_members": "true"} if with_members else None
-        return await self._get(f"/systems/{ref}/groups", list[models.Group], params)
+        return await self._get(f"/systems/{_segment(ref)}/groups", list[models.Group], params)
 
     async def fronters(self, ref: str = "@me") -> models.Fronters | None:
         """The current switch with full members; None if the system never switched (204)."""
-        response = await self._request(f"/systems/{ref}/fronters")
+        response = await self._request(f"/systems/{_segment(ref)}/fronters")
         if response.status_code == 204 or not response.content:
             return None
         return msgspec.json.decode(response.content, type=models.Fronters)
@@ -182,14 +189,14 @@ class PluralKitClient:
         params: dict[str, Any] = {"limit": limit}
         if before:
             params["before"] = before
-        return await self._get(f"/systems/{ref}/switches", list[models.Switch], params)
+        return await self._get(f"/systems/{_segment(ref)}/switches", list[models.Switch], params)
 
     async def switch(self, ref: str, switch_id: str) -> models.Fronters:
         """One switch with full member objects."""
-        return await self._get(f"/systems/{ref}/switches/{switch_id}", models.Fronters)
+        return await self._get(f"/systems/{_segment(ref)}/switches/{_segment(switch_id)}", models.Fronters)
 
     async def member(self, ref: str) -> models.Member:
-        return await self._get(f"/members/{ref}", models.Member)
+        return await self._get(f"/members/{_segment(ref)}", models.Member)
 
     async def group(self, ref: str) -> models.Group:
-        return await self._get(f"/groups/{ref}", models.Group)
+        return await self._get(f"/groups/{_segment(ref)}", models.Group)

@@ -7,6 +7,7 @@ be accepted and kept.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -20,6 +21,25 @@ class Dispatch(msgspec.Struct):
     system_id: str | None = None  # null from older senders for account events
     id: str | None = None  # absent in PING
     data: msgspec.Raw = msgspec.Raw()  # absent in PING; may be JSON null
+
+
+# The shapes PluralKit's fields take. Checked at the edge, since these values go on to
+# API paths, log lines and topics: a type of capitals (new types appear, so any such
+# name), an entity id that is a UUID, a 5-6 letter short id or a Discord snowflake.
+TYPE = re.compile(r"[A-Z][A-Z_]{0,63}")
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+ENTITY_ID = re.compile(rf"{UUID.pattern}|[a-zA-Z]{{5,6}}|[0-9]{{1,20}}")
+
+
+def malformed(dispatch: Dispatch) -> str | None:
+    """What is wrong with the dispatch's fields, else None."""
+    if not TYPE.fullmatch(dispatch.type):
+        return "`type` must be a PluralKit event type (capitals and underscores, at most 64)"
+    if dispatch.system_id is not None and not UUID.fullmatch(dispatch.system_id):
+        return "`system_id` must be a UUID or null"
+    if dispatch.id is not None and not ENTITY_ID.fullmatch(dispatch.id):
+        return "`id` must be a UUID, a 5-6 letter PluralKit id, a Discord id or null"
+    return None
 
 
 # What `data` holds, per type. None: the type carries no data (null or absent).
