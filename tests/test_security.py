@@ -1,0 +1,167 @@
+"""Attacks on one deployment serving two systems, against a real `pkrelay run`.
+
+alpha and beta share the deployment, as in a household or a community; beta's owner
+(who holds beta's signing token, and nothing of alpha's) tries to reach into alpha's
+events and state, and strangers try to use or slow what is not theirs. Each attack
+names the answer it must get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_sync
+
+from pkrelay.redis_server import free_port
+from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.fakepk.dispatcher import FakeDispatcher, body
+from tests.harness import write_config
+from tests.servers import pkrelay_run
+from tests.sink_server import SinkServer
+
+ADMIN = "admin-token-for-the-security-tests-0123456789"
+
+
+@dataclass
+class Shared:
+    """One running deployment with two systems, each with its own sink."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    alpha: FakeSystem
+    beta: FakeSystem
+    alpha_token: str
+    beta_token: str
+    alpha_sink: SinkServer
+    beta_sink: SinkServer
+    redis: redis_sync.Redis
+    output: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def send(self, content: bytes, path: str = "/dispatch") -> httpx.Response:
+        return httpx.post(self.url + path, content=content, headers={"content-type": "application/json"})
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def _wait(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def _bodies(sink: SinkServer) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(r.body) for r in sink.received]
+
+
+@pytest.fixture
+def shared(tmp_path: Path, fake_pk: FakePluralKit) -> Iterator[Shared]:
+    alpha, beta = fake_pk.add_system("Alpha"), fake_pk.add_system("Beta")
+    alpha_token, beta_token = "a" * 63 + "=", "b" * 63 + "="
+    alpha_sink, beta_sink = SinkServer(), SinkServer()
+    alpha_sink.start()
+    beta_sink.start()
+    port = free_port()
+    # As the example configs ship: no system_id. alpha has an api_token (its UUID is
+    # learned from the API at start), beta only its signing token (pinned by its first
+    # verified dispatch).
+    systems = [{"name": "alpha", "signing_token": alpha_token, "api_token": alpha.token, "mode": "webhook"},
+               {"name": "beta", "signing_token": beta_token, "mode": "webhook"}]
+    extra = (f'\n[server]\nport = {port}\nadmin_token = "{ADMIN}"\n'
+             f'\n[[sinks]]\nname = "alpha-hook"\ntype = "webhook"\nurl = "{alpha_sink.url}"\nsystems = ["alpha"]\n'
+             f'\n[[sinks]]\nname = "beta-hook"\ntype = "webhook"\nurl = "{beta_sink.url}"\nsystems = ["beta"]\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", systems, extra=extra,
+                       api_base_url=fake_pk.base_url)
+    output = tmp_path / "run.log"
+    with output.open("wb") as out, pkrelay_run(cfg, port, output=out) as proc:
+        redis = redis_sync.Redis.from_url((tmp_path / "data" / "redis" / "url").read_text().strip())
+        try:
+            _wait(lambda: redis.hget("pkrelay:pins", "alpha"), 30, "alpha's UUID learned from the API")
+            yield Shared(port, proc, alpha, beta, alpha_token, beta_token, alpha_sink, beta_sink, redis, output)
+        finally:
+            redis.close()
+            alpha_sink.stop()
+            beta_sink.stop()
+
+
+def test_one_system_cannot_write_into_anothers_events_or_state(shared: Shared, fake_pk: FakePluralKit) -> None:
+    alpha, beta = shared.alpha, shared.beta
+    member = fake_pk.add_member(alpha, "Sam")
+    spoof = {"display_name": "SPOOFED"}
+    # beta's token naming alpha: refused, on the shared URL and on alpha's own
+    assert shared.send(body("UPDATE_MEMBER", shared.beta_token, alpha.uuid, member["uuid"], spoof)).status_code == 401
+    assert shared.send(body("UPDATE_MEMBER", shared.beta_token, alpha.uuid, member["uuid"], spoof),
+                       "/dispatch/alpha").status_code == 401
+    assert shared.send(body("UPDATE_MEMBER", shared.beta_token, beta.uuid, member["uuid"], spoof),
+                       "/dispatch/alpha").status_code == 401
+    # beta naming itself (pinned by this first verified dispatch) but alpha's member: beta's own event, alone
+    assert shared.send(body("UPDATE_MEMBER", shared.beta_token, beta.uuid, member["uuid"], spoof)).status_code == 200
+    _wait(lambda: shared.beta_sink.received, 30, "beta's event delivered to beta's sink")
+    assert shared.redis.hget("pkrelay:pins", "beta") == beta.uuid.encode()
+    # ...and once pinned, beta's token cannot name any other UUID either
+    assert shared.send(body("UPDATE_SYSTEM", shared.beta_token, fake_pk.add_system("Third").uuid, None,
+                            {"name": "x"})).status_code == 401
+    # alpha's real edit: what PluralKit has, and nothing beta said
+    member["display_name"] = "Real"
+    assert shared.send(body("UPDATE_MEMBER", shared.alpha_token, alpha.uuid, member["uuid"],
+                            {"display_name": "Real"})).status_code == 200
+    _wait(lambda: shared.alpha_sink.received, 30, "alpha's event delivered")
+    time.sleep(0.5)  # a window for anything wrongly delivered after it, not a wait for a condition
+    delivered = _bodies(shared.alpha_sink)
+    assert [e["type"] for e in delivered] == ["UPDATE_MEMBER"]
+    assert delivered[0]["system_id"] == alpha.uuid
+    assert delivered[0]["entity"]["display_name"] == "Real"
+    assert "SPOOFED" not in json.dumps(delivered)
+    assert all(e["system_id"] == beta.uuid for e in _bodies(shared.beta_sink))
+
+
+def test_an_event_id_never_reaches_an_api_path(shared: Shared, fake_pk: FakePluralKit) -> None:
+    alpha = shared.alpha
+    for entity_id in (f"../systems/{alpha.uuid}/switches?limit=1&", "..", "abc/def", "abcde%2F"):
+        response = shared.send(body("UPDATE_MEMBER", shared.alpha_token, alpha.uuid, entity_id, {"name": "x"}))
+        assert response.status_code == 400, entity_id
+        assert "`id`" in response.json()["error"]
+    assert not [j for j in fake_pk.journal if "switches" in j.path or ".." in j.path]
+
+
+def test_an_event_field_cannot_forge_a_log_line(shared: Shared) -> None:
+    forged = "X\n2026-12-04 17:00:00,000 worker ERROR pkrelay: FORGED"
+    for content in (body(forged, shared.alpha_token, shared.alpha.uuid, None, {}),
+                    body("UPDATE_SYSTEM", shared.alpha_token + "\nFORGED", shared.alpha.uuid, None, {}),
+                    body("UPDATE_SYSTEM", shared.alpha_token, "\nFORGED", None, {})):
+        assert shared.send(content).status_code in (400, 401)
+    assert not [line for line in shared.log().splitlines() if "FORGED" in line and not line.startswith("20")]
+    assert "\nFORGED" not in shared.log() and "ERROR pkrelay: FORGED" not in shared.log()
+
+
+def test_wrong_token_pings_are_counted_not_listed(shared: Shared) -> None:
+    for _ in range(60):  # a stranger fills the list...
+        assert shared.send(body("PING", "c" * 64, shared.alpha.uuid, None, None)).status_code == 401
+
+    async def register() -> bool:  # ...then the owner registers, as the bot checks it
+        async with httpx.AsyncClient(base_url=shared.url) as client:
+            return await FakeDispatcher(client, "/dispatch").register(shared.alpha_token, shared.alpha.uuid)
+
+    assert asyncio.run(register())
+    listed = [json.loads(p) for p in shared.redis.lrange("pkrelay:dashboard:pings", 0, -1)]
+    assert [(p["system"], p["status"]) for p in listed] == [("alpha", 200)]
+    metrics = httpx.get(shared.url + "/metrics").text
+    refused = [line for line in metrics.splitlines()
+               if line.startswith("pkrelay_events_received_total{") and 'type="PING"' in line
+               and 'outcome="unauthorized"' in line]
+    assert refused and float(refused[0].split()[-1]) >= 61  # the 60, and the bot's random-token PING
