@@ -2,8 +2,9 @@
 
 Split by concept, so each part can change alone: `schema` says what a config may
 hold, `load` finds and reads the file, `messages` turns decoding errors into ones
-naming the key and line, `reload` follows the file in a running process. Callers
-import from here, never from the modules, so the split is free to move again.
+naming the key and line, `removed` forgives the keys earlier releases had, `reload`
+follows the file in a running process. Callers import from here, never from the
+modules, so the split is free to move again.
 """
 
 from pkrelay.config.load import CONFIG_ENV, DEFAULT_CONFIG, ENV_PREFIX, config_path, load

@@ -6,6 +6,7 @@ Relative paths are resolved here, once, so every process and child agrees on the
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 import typing
@@ -15,12 +16,15 @@ from typing import Any
 
 import msgspec
 
+from pkrelay.config import removed
 from pkrelay.config.messages import describe
 from pkrelay.config.schema import ConfigError, Secret, Settings, _Section, check
 
 ENV_PREFIX = "PKRELAY_"
 CONFIG_ENV = "PKRELAY_CONFIG"
 DEFAULT_CONFIG = "pkrelay.toml"
+
+log = logging.getLogger("pkrelay.config")
 
 
 def config_path(explicit: str | None = None) -> Path:
@@ -37,13 +41,19 @@ def config_path(explicit: str | None = None) -> Path:
 
 
 def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
-    """Read `path` (absent means all defaults), apply env overrides, decode strictly."""
-    return read(path, environ, [])
+    """Read `path` (absent means all defaults), apply env overrides, decode strictly;
+    log a WARNING for each key that an earlier release had and this one ignores."""
+    notes: list[str] = []
+    settings = read(path, environ, [], notes)
+    for note in notes:
+        log.warning("%s", note)
+    return settings
 
 
-def read(path: Path, environ: Mapping[str, str], files: list[Path]) -> Settings:
+def read(path: Path, environ: Mapping[str, str], files: list[Path], notes: list[str]) -> Settings:
     """The settings; `files` gets every `file:` secret named (to watch them, even
-    when one of them cannot be read yet).
+    when one of them cannot be read yet), `notes` the warnings about removed keys
+    (for the caller to log, as often as it sees fit).
 
     Relative paths are resolved here, once, against the config file's directory (the
     working directory without a file), so every process and child agrees on them.
@@ -55,7 +65,8 @@ def read(path: Path, environ: Mapping[str, str], files: list[Path]) -> Settings:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _apply_env_overrides(raw, environ)
+    notes += [f"{path}: {note}" for note in removed.strip(raw, text)]
+    _apply_env_overrides(raw, environ, notes)
     try:
         raw = _resolve_refs(raw, environ, base, files, [])
     except ConfigError as exc:
@@ -80,7 +91,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
     raise NotImplementedError
 
 
-def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], notes: list[str]) -> None:
     hints = typing.get_type_hints(Settings)
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
@@ -92,6 +103,10 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
                 raw[section] = value
             elif section == "log_level":
                 raw[section] = value.lower()
+            continue
+        note = removed.env_note(name, section, field)
+        if note:
+            notes.append(note)
             continue
         section_type = hints.get(section)
         is_section = isinstance(section_type, type) and issubclass(section_type, _Section)

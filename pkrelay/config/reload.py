@@ -31,8 +31,9 @@ class LiveSettings:
         self.path = path
         self.current = settings
         self._files: list[Path] = []
+        self._notes: list[str] = []  # the removed-key warnings given already (by `load`)
         try:
-            read(path, os.environ, self._files)
+            read(path, os.environ, self._files, self._notes)
         except ConfigError:
             pass  # the caller loaded `settings` already; only the file list is wanted here
         self._stamp = self._stat()
@@ -52,12 +53,20 @@ class LiveSettings:
         return self._stat() != self._stamp
 
     def reload(self) -> Settings:
-        """Re-read the file (and its `file:` secrets); on error keep the running settings and raise."""
+        """Re-read the file (and its `file:` secrets); on error keep the running settings and raise.
+
+        A removed key is warned about again only when its warning is new (the key was
+        added, or moved to another line): not each time a `file:` secret changes."""
         self._files = []
+        notes: list[str] = []
         try:
-            fresh = read(self.path, os.environ, self._files)
+            fresh = read(self.path, os.environ, self._files, notes)
         finally:
             self._stamp = self._stat()
+        for note in notes:
+            if note not in self._notes:
+                log.warning("%s", note)
+        self._notes = notes
         self.current = msgspec.structs.replace(self.current, systems=fresh.systems, sinks=fresh.sinks)
         return fresh
 
