@@ -25,6 +25,7 @@ class UsageError(Exception):
 
 def _load(args: argparse.Namespace, process: str) -> tuple[Path, config.Settings]:
     path = config.config_path(args.config)
+    logs.setup([], process)  # formatted from the first line: loading may warn (a removed key)
     settings = config.load(path)
     if args.verbose:
         settings = msgspec.structs.replace(settings, log_level="debug")
@@ -104,6 +105,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pkrelay.check import run_checks
 
     path = config.config_path(args.config)
+    logs.setup([], "check")  # loading may warn (a removed key): on stderr, beside the report
     return asyncio.run(run_checks(path))
 
 
