@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from pkrelay import config, db, logs, queue, startup
+from pkrelay import __version__, config, db, logs, queue, startup
 from pkrelay.redis_server import RedisServerError
 
 log = logging.getLogger("pkrelay")
@@ -264,6 +264,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pkrelay", description="PluralKit events, enriched, signed, delivered.")
+    parser.add_argument("--version", action="version", version=f"pkrelay {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="config file (default ./pkrelay.toml or $PKRELAY_CONFIG)")
     common.add_argument("-v", "--verbose", action="store_true",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from pkrelay import db, startup
+from pkrelay import __version__, config, db, startup
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
 from tests.harness import until, write_config
@@ -124,3 +124,10 @@ async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server:
     assert startup.health(saved["serve"]) == f"http://127.0.0.1:{port}/healthz does not answer (ConnectError)"
     assert startup.health(saved["worker"]) == \
         f"http://127.0.0.1:{metrics_port}/metrics does not answer (ConnectError)"
+
+
+def test_the_start_up_summary_begins_with_the_version(tmp_path: Path) -> None:
+    from pkrelay.supervisor import summary
+
+    path = tmp_path / "absent.toml"
+    assert summary(config.load(path, {}), path).splitlines()[0] == f"pkrelay {__version__} starting"
