@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from pkrelay import config, db, logs, queue, startup, supervisor
+from pkrelay import __version__, config, db, logs, queue, startup, supervisor
 from pkrelay.redis_server import RedisServerError
 
 log = logging.getLogger("pkrelay")
@@ -27,6 +27,7 @@ class UsageError(Exception):
 
 def _load(args: argparse.Namespace, process: str) -> tuple[Path, config.Settings]:
     path = config.config_path(args.config)
+    logs.setup([], process)  # formatted from the first line: loading may warn (a removed key)
     settings = config.load(path)
     if args.verbose:
         settings = msgspec.structs.replace(settings, log_level="debug")
@@ -95,6 +96,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pkrelay.check import run_checks
 
     path = config.config_path(args.config)
+    logs.setup([], "check")  # loading may warn (a removed key): on stderr, beside the report
     return asyncio.run(run_checks(path))
 
 
@@ -218,6 +220,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pkrelay", description="PluralKit events, enriched, signed, delivered.")
+    parser.add_argument("--version", action="version", version=f"pkrelay {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="config file (default ./pkrelay.toml or $PKRELAY_CONFIG)")
     common.add_argument("-v", "--verbose", action="store_true",

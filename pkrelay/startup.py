@@ -153,10 +153,16 @@ def main(argv: list[str]) -> int:
     if argv != ["health"]:
         print("usage: python -m pkrelay.startup health", file=sys.stderr)
         return 2
+    # The role warned about removed config keys when it loaded; a probe every few
+    # seconds must not say it again each time.
+    quiet = logging.getLogger("pkrelay.config")
+    quiet.disabled = True
     try:
         problem = health()
     except (OSError, config.ConfigError) as exc:
         problem = str(exc)
+    finally:
+        quiet.disabled = False
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

@@ -7,14 +7,14 @@ from typing import Any
 from litestar import Request, Response, get
 from redis.exceptions import RedisError
 
-from pkrelay import queue
+from pkrelay import __version__, queue
 from receiver import metrics
 from receiver.relay import Relay
 
 
-@get("/healthz", summary="200 while the process lives")
+@get("/healthz", summary="200 while the process lives, with the version it runs")
 async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+    return {"status": "ok", "version": __version__}
 
 
 @get("/readyz", summary="200 when Redis and the database answer and the spool drains, else 503 naming what failed")

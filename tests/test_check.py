@@ -36,6 +36,19 @@ def test_check_passes_and_reports_each_system(
     assert system_creds["api_token"] not in done.stdout and system_creds["signing_token"] not in done.stdout
 
 
+def test_check_passes_a_previous_release_config_and_shows_its_removed_key(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str],
+) -> None:
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], api_base_url=fake_pk.base_url,
+                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+    cfg.write_text(cfg.read_text().replace("[pluralkit]\n", "[pluralkit]\nmessage_rate = 10\n"))
+    done = _check(cfg)
+    assert done.returncode == 0, done.stdout
+    assert "all checks passed" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "`pluralkit.message_rate` (line 7) is no longer used and is ignored" in warnings[0]
+
+
 def test_check_fails_clearly(tmp_path: Path, fake_pk: FakePluralKit, system_creds: dict[str, str]) -> None:
     wrong = {**system_creds, "api_token": "not-a-valid-token"}
     cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [wrong], api_base_url=fake_pk.base_url,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import pkrelay
 from pkrelay import config
 from pkrelay.redis_server import EmbeddedRedis
 from tests.harness import write_config
@@ -70,3 +72,11 @@ def test_verbose_shows_what_the_default_level_hides(tmp_path: Path) -> None:
     assert quiet.returncode == 0 and "alembic" not in quiet.stderr
     verbose = _pkrelay("migrate", "--verbose", cwd=tmp_path / "verbose")
     assert verbose.returncode == 0 and "alembic" in verbose.stderr
+
+
+def test_version_is_pyprojects(tmp_path: Path) -> None:
+    """One source: pyproject.toml's version, through the installed package's metadata."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pkrelay.__version__ == pyproject["project"]["version"]
+    done = _pkrelay("--version", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == f"pkrelay {pyproject['project']['version']}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pkrelay import config, logs
+from pkrelay.config import removed
 
 
 def _load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> config.Settings:
@@ -36,6 +37,9 @@ def test_no_file_means_every_default(tmp_path: Path) -> None:
         ('[server]\nport = 70000\n', "server.port: Expected `int` <= 65535 (line 2)"),
         ('[serverr]\nport = 1\n', "serverr: Object contains unknown field `serverr` (line 1)"),
         ('[server\n', "not valid TOML"),
+        # A key no release ever had stays an error, beside one an earlier release had.
+        ('[pluralkit]\nmessage_rate = 10\nmesage_rate = 10\n',
+         "pluralkit.mesage_rate: Object contains unknown field `mesage_rate` (line 3)"),
     ],
 )
 def test_mistakes_are_named_with_their_line(tmp_path: Path, text: str, expected: str) -> None:
@@ -183,3 +187,72 @@ def test_reload_takes_new_systems_and_keeps_the_old_config_on_error(tmp_path: Pa
     with pytest.raises(config.ConfigError):
         live.reload()
     assert [s.name for s in live.current.systems] == ["home", "second"]
+
+
+# A config as the 0.1.0 release's README wrote it: `message_rate` was removed in 0.2.0.
+PREVIOUS_RELEASE = """\
+data_dir = "./data"
+
+[server]
+port = 8080
+
+[pluralkit]
+get_rate = 10
+update_rate = 3
+message_rate = 10
+
+[[systems]]
+name = "home"
+"""
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_key_an_earlier_release_had_is_one_warning_naming_it_and_its_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    settings = _load(tmp_path, PREVIOUS_RELEASE)
+    assert settings.pluralkit.get_rate == 10 and [s.name for s in settings.systems] == ["home"]
+    assert _warnings(caplog) == [f"{tmp_path / 'pkrelay.toml'}: `pluralkit.message_rate` (line 9) is no longer used "
+                                 "and is ignored (removed in 0.2.0)"]
+    assert caplog.records[0].name == "pkrelay.config"
+
+
+def test_an_env_override_of_a_removed_key_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    settings = _load(tmp_path, "", {"PKRELAY_PLURALKIT__MESSAGE_RATE": "10", "PKRELAY_PLURALKIT__GET_RATE": "5"})
+    assert settings.pluralkit.get_rate == 5
+    assert _warnings(caplog) == ["environment variable PKRELAY_PLURALKIT__MESSAGE_RATE: `pluralkit.message_rate` "
+                                 "is no longer used and is ignored (removed in 0.2.0)"]
+
+
+def test_a_removed_key_of_a_system_is_named_with_its_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(removed.REMOVED, "systems.*.colour", "0.9.0")
+    caplog.set_level(logging.WARNING)
+    _load(tmp_path, '[[systems]]\nname = "a"\n[[systems]]\nname = "b"\ncolour = "red"\n')
+    assert _warnings(caplog) == [f"{tmp_path / 'pkrelay.toml'}: `systems.1.colour` (line 5) is no longer used "
+                                 "and is ignored (removed in 0.9.0)"]
+
+
+def test_live_reload_does_not_repeat_the_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "pkrelay.toml"
+    path.write_text(PREVIOUS_RELEASE)
+    live = config.LiveSettings(path, config.load(path, {}))
+    assert len(_warnings(caplog)) == 1  # at load; the watcher's own first read says nothing
+    path.write_text(PREVIOUS_RELEASE + 'signing_token = "file:home.token"\n')
+    with pytest.raises(config.ConfigError):
+        live.reload()  # the token file is not there yet
+    (tmp_path / "home.token").write_text("token\n")
+    assert live.changed()
+    live.reload()
+    assert len(_warnings(caplog)) == 1  # same key, same line: said already
+    path.write_text(PREVIOUS_RELEASE.replace("[server]\n", "[server]\nhost = \"0.0.0.0\"\n"))
+    live.reload()
+    assert _warnings(caplog)[1:] == [f"{path}: `pluralkit.message_rate` (line 10) is no longer used and is ignored "
+                                     "(removed in 0.2.0)"]

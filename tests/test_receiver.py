@@ -12,6 +12,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+import pkrelay
 from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_system_id, new_token, sample_events
@@ -224,7 +225,8 @@ def _sample(metrics_text: str, name: str, **labels: str) -> float:
 
 async def test_health_readiness_metrics_and_schema(client: AsyncTestClient, redis_server: EmbeddedRedis,
                                                    dispatcher: FakeDispatcher, system_creds: dict[str, str]) -> None:
-    assert (await client.get("/healthz")).status_code == 200
+    health = await client.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok", "version": pkrelay.__version__}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"redis": "ok", "database": "ok", "spool": "ok"}
     before = (await client.get("/metrics")).text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from pkrelay import db, startup
+from pkrelay import __version__, config, db, startup
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
 from tests.harness import until, write_config
@@ -124,3 +125,27 @@ async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server:
     assert startup.health(saved["serve"]) == f"http://127.0.0.1:{port}/healthz does not answer (ConnectError)"
     assert startup.health(saved["worker"]) == \
         f"http://127.0.0.1:{metrics_port}/metrics does not answer (ConnectError)"
+
+
+def test_the_start_up_summary_begins_with_the_version(tmp_path: Path) -> None:
+    from pkrelay.supervisor import summary
+
+    path = tmp_path / "absent.toml"
+    assert summary(config.load(path, {}), path).splitlines()[0] == f"pkrelay {__version__} starting"
+
+
+def test_the_healthcheck_does_not_repeat_the_config_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image probes every few seconds; the role gave the removed key's warning once, at its start."""
+    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], extra=f"\n[server]\nport = {free_port()}\n")
+    cfg.write_text(cfg.read_text().replace("[pluralkit]\n", "[pluralkit]\nmessage_rate = 10\n"))
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_bytes(b"\0".join([b"pkrelay", b"serve", b"--config", str(cfg).encode()]))
+    health = startup.health
+    monkeypatch.setattr(startup, "health", lambda: health(cmdline))
+    caplog.set_level(logging.WARNING)
+    assert startup.main(["health"]) == 1  # nothing listens on the port
+    assert [r for r in caplog.records if r.name == "pkrelay.config"] == []
+    config.load(cfg, {})  # the role's own load still warns
+    assert [r.name for r in caplog.records] == ["pkrelay.config"]
