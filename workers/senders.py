@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import assert_never
 
 from pkrelay.config import MqttSink, Sink, WebhookSink
-from workers.mqtt import MqttSender
+from workers.mqtt.sender import MqttSender
 from workers.resources import Resources
 from workers.sinks import Sender
 from workers.webhook import WebhookSender
