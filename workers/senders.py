@@ -17,6 +17,6 @@ def sender_for(sink: Sink, resources: Resources) -> Sender:
         case WebhookSink():
             return WebhookSender(sink, resources.http)
         case MqttSink():
-            return MqttSender(sink, resources)
+            return MqttSender(sink, resources.mqtt)
         case _:
             assert_never(sink)

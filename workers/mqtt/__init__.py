@@ -23,5 +23,6 @@ The modules, one concept each:
 - `discovery`: the topics and payloads, as pure functions;
 - `debounce`: the front waited out while switches come in bursts;
 - `endpoint`: the three of them wired together for one sink (`Resources.mqtt`);
-- `sender`: a delivery to an MQTT sink.
+- `sender`: a delivery to an MQTT sink;
+- `context`: what all this takes from the worker process (`MqttResources`).
 """

@@ -8,21 +8,17 @@ closed in the right order: what is still being waited out is published before
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pkrelay.config import MqttSink
 from workers.mqtt.connection import BrokerConnection
+from workers.mqtt.context import MqttResources
 from workers.mqtt.debounce import FrontDebounce
 from workers.mqtt.projection import Projection
-
-if TYPE_CHECKING:
-    from workers.resources import Resources
 
 
 class MqttEndpoint:
     """One sink's connection in this process, with what it has published."""
 
-    def __init__(self, sink: MqttSink, resources: Resources) -> None:
+    def __init__(self, sink: MqttSink, resources: MqttResources) -> None:
         self.connection = BrokerConnection(sink, self.announce)
         self.projection = Projection(sink, self.connection, resources)
         self.debounce = FrontDebounce(self.projection, resources.redis)

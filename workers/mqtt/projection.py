@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -26,9 +26,7 @@ from workers import privacy
 from workers.fetch import as_data
 from workers.mqtt import discovery as ha
 from workers.mqtt.connection import BrokerConnection, MqttUnavailable
-
-if TYPE_CHECKING:
-    from workers.resources import Resources
+from workers.mqtt.context import MqttResources
 
 log = logging.getLogger("pkrelay.mqtt")
 
@@ -36,7 +34,7 @@ log = logging.getLogger("pkrelay.mqtt")
 class Projection:
     """What one sink's connection retains, system by system."""
 
-    def __init__(self, sink: MqttSink, connection: BrokerConnection, resources: Resources) -> None:
+    def __init__(self, sink: MqttSink, connection: BrokerConnection, resources: MqttResources) -> None:
         self._sink = sink
         self._connection = connection
         self.resources = resources

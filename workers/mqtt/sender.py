@@ -7,16 +7,14 @@ the events that change it, the retained state, now or once the front has settled
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from pkrelay.config import MQTT_STATE_EVENTS, MqttSink
 from pkrelay.pluralkit.errors import PluralKitError
 from workers.mqtt import discovery as ha
 from workers.mqtt.connection import MqttUnavailable
+from workers.mqtt.endpoint import MqttEndpoint
 from workers.sinks import DeliveryFailed, Outgoing
-
-if TYPE_CHECKING:
-    from workers.resources import Resources
 
 SWITCH_TYPES = frozenset({"CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DELETE_ALL_SWITCHES"})
 
@@ -24,15 +22,16 @@ SWITCH_TYPES = frozenset({"CREATE_SWITCH", "UPDATE_SWITCH", "DELETE_SWITCH", "DE
 class MqttSender:
     """The event on its topic; for the events that change it, the retained state."""
 
-    def __init__(self, sink: MqttSink, resources: Resources) -> None:
+    def __init__(self, sink: MqttSink, endpoint_for: Callable[[MqttSink], MqttEndpoint]) -> None:
+        """`endpoint_for` is `Resources.mqtt`: the sink's endpoint, opened on first use."""
         self.sink = sink
-        self.resources = resources
+        self.endpoint_for = endpoint_for
 
     async def send(self, outgoing: Outgoing) -> None:
         event = outgoing.event
         if not event.system_id:
             raise DeliveryFailed("the event names no system, so it has no topic")
-        endpoint = self.resources.mqtt(self.sink)
+        endpoint = self.endpoint_for(self.sink)
         try:
             if self.sink.publishes(event.type):
                 short_id = await endpoint.projection.short_id(event.system_id, outgoing.system)
