@@ -25,7 +25,7 @@ from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import Deployment, until
 from tests.mqtt_broker import Broker
 from tests.test_queue import _worker
-from workers import homeassistant as ha
+from workers.mqtt import discovery as ha
 from workers.settings import worker_settings
 
 FAST = RetryPolicy(base=0.1, cap=0.2)

@@ -31,7 +31,8 @@ from workers import privacy
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
 from workers.outage import survives_outages
 from workers.resources import Resources
-from workers.sinks import DeliveryFailed, Outgoing, sender_for
+from workers.senders import sender_for
+from workers.sinks import DeliveryFailed, Outgoing
 
 log = logging.getLogger("pkrelay.deliver")
 

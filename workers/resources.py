@@ -23,7 +23,7 @@ from pkrelay.pluralkit.client import PluralKitClient
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.pluralkit.ratelimit import token_key
 from pkrelay.store.deliveries import RetryPolicy
-from workers.mqtt import MqttConnection
+from workers.mqtt.endpoint import MqttEndpoint
 
 log = logging.getLogger("pkrelay.worker")
 CTX_KEY = "resources"
@@ -41,7 +41,7 @@ class Resources:
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     watcher: asyncio.Task[None] | None = None
     _clients: dict[str, PluralKitClient] = field(default_factory=dict)
-    _mqtt: dict[str, MqttConnection] = field(default_factory=dict)
+    _mqtt: dict[str, MqttEndpoint] = field(default_factory=dict)
     _system_ids: dict[tuple[str, str], str] = field(default_factory=dict)
     _sending: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
@@ -92,10 +92,10 @@ class Resources:
         """A slot to hold while sending to this sink (`SINK_CONCURRENCY` per sink)."""
         return self._sending.setdefault(sink_key, asyncio.Semaphore(SINK_CONCURRENCY))
 
-    def mqtt(self, sink: MqttSink) -> MqttConnection:
+    def mqtt(self, sink: MqttSink) -> MqttEndpoint:
         """One broker connection per sink per process, kept open from its first use."""
         if sink.key not in self._mqtt:
-            self._mqtt[sink.key] = MqttConnection(sink, self)
+            self._mqtt[sink.key] = MqttEndpoint(sink, self)
             self._mqtt[sink.key].start()
         return self._mqtt[sink.key]
 

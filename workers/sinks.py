@@ -1,19 +1,16 @@
 """The sink seam: each kind of sink sends an envelope, or says why it could not.
 
 `deliver` only plans, sends and settles; what "sending" means (an HTTP POST, MQTT
-publishes) lives with each sink, behind `Sender`.
+publishes) lives with each sink, behind `Sender`. This module is only the interface
+and imports no sink: the sinks import it, and `workers.senders` picks one per sink.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, assert_never
+from typing import Protocol
 
-from pkrelay.config import MqttSink, Sink, WebhookSink
 from pkrelay.envelope import Event
-
-if TYPE_CHECKING:
-    from workers.resources import Resources
 
 
 class DeliveryFailed(Exception):
@@ -40,15 +37,3 @@ class Sender(Protocol):
         DeliveryFailed otherwise."""
         ...
 
-
-def sender_for(sink: Sink, resources: Resources) -> Sender:
-    from workers.mqtt import MqttSender
-    from workers.webhook import WebhookSender
-
-    match sink:
-        case WebhookSink():
-            return WebhookSender(sink, resources.http)
-        case MqttSink():
-            return MqttSender(sink, resources)
-        case _:
-            assert_never(sink)
