@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +16,6 @@ from pkrelay.store.deliveries import RetryPolicy
 from receiver.app import create_app
 from workers.poll import poll_tick
 from workers.settings import worker_settings
-
-
-async def until(condition: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Wait for `condition` to hold (checked every few ms); its value, or a clear failure."""
-    deadline = time.monotonic() + timeout
-    while not (result := await condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-    return result
 
 
 def write_config(path: Path, data_dir: Path, systems: list[dict[str, str]], extra: str = "",

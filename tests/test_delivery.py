@@ -29,6 +29,7 @@ from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment, write_config
 from tests.servers import clean_env
 from tests.sink_server import SinkServer
+from tests.waiting import until
 from workers.resources import SINK_CONCURRENCY
 
 FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
@@ -131,10 +132,8 @@ async def test_a_hung_sink_does_not_hold_up_another(
     worker = asyncio.create_task(dep.work(FAST))
     # Both deliveries start at once; wait until the healthy one has arrived and the hung
     # one is in flight, in whichever order the worker started them.
-    for _ in range(400):
-        if fine.received and hung.received:
-            break
-        await asyncio.sleep(0.025)
+    await until(lambda: fine.received and hung.received, 10, "a request at each sink", interval=0.025,
+                seen=lambda: {"fine": len(fine.received), "hung": len(hung.received)})
     assert len(fine.received) == 1, "the healthy sink waited for the hung one"
     assert len(hung.received) == 1 and not release.is_set()  # the hung request is still in flight
     release.set()

@@ -25,9 +25,10 @@ from pkrelay.store.state import Kind
 from tests import postgres
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment, write_config
 from tests.sink_server import SinkServer
 from tests.test_delivery import FAST, _deliveries, _serve, _sink, sinks  # noqa: F401 (sinks: a fixture)
+from tests.waiting import until
 from workers.record import record
 from workers.resources import Resources
 from workers.sweep import sweep

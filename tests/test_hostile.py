@@ -19,9 +19,10 @@ from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from receiver import server
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment, write_config
 from tests.servers import ThreadedServer, clean_env
 from tests.test_spool import _spool_empty
+from tests.waiting import until
 
 MEMBER = "2ee0c92b-bb4f-4a2c-a9a8-3b7d8f3d5f10"
 

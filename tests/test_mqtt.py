@@ -22,9 +22,10 @@ from pkrelay import db
 from pkrelay.store.deliveries import RetryPolicy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until
+from tests.harness import Deployment
 from tests.mqtt_broker import Broker
 from tests.test_queue import _worker
+from tests.waiting import until
 from workers import homeassistant as ha
 from workers.settings import worker_settings
 
@@ -40,7 +41,6 @@ class Subscriber:
         self.seen: dict[str, list[bytes]] = {}
         self.at: dict[str, float] = {}
         self.count: Counter[str] = Counter()
-        self._changed = asyncio.Event()
 
     async def run(self, ready: asyncio.Event) -> None:
         async with aiomqtt.Client("127.0.0.1", self.broker.port, identifier=f"test-{id(self)}") as client:
@@ -53,13 +53,9 @@ class Subscriber:
                 self.seen.setdefault(topic, []).append(payload)
                 self.at[topic] = time.monotonic()
                 self.count[topic] += 1
-                self._changed.set()
 
     async def until(self, done: Callable[[dict[str, bytes]], bool], timeout: float = 20) -> dict[str, bytes]:
-        async with asyncio.timeout(timeout):
-            while not done(self.got):
-                self._changed.clear()
-                await self._changed.wait()
+        await until(lambda: done(self.got), timeout, f"the messages wanted on {self.topics}", seen=lambda: self.got)
         return self.got
 
 

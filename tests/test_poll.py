@@ -21,7 +21,8 @@ from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import state
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment, write_config
+from tests.waiting import until
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
@@ -280,7 +281,7 @@ async def _poll_answered_stale(dep: Deployment, fake: FakePluralKit, suffix: str
     goes on and compares."""
     pause = fake.pause(suffix)
     polling = asyncio.create_task(dep.poll(now))
-    await until(lambda: asyncio.sleep(0, pause.reached.is_set()), 30, f"the poll's {suffix} answer")
+    await until(lambda: pause.reached.is_set(), 30, f"the poll's {suffix} answer")
     try:
         await meanwhile()
     finally:

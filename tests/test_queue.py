@@ -17,9 +17,10 @@ from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment, write_config
 from tests.servers import pkrelay_process
 from tests.sink_server import Received, SinkServer
+from tests.waiting import until
 
 
 def _job(i: int, system_id: str) -> tuple[str, str, bytes]:

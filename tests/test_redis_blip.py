@@ -22,9 +22,10 @@ from pkrelay import keys, queue
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment, write_config
 from tests.servers import pkrelay_process
 from tests.sink_server import SinkServer
+from tests.waiting import until
 
 BURST = 150
 
@@ -83,7 +84,7 @@ async def test_a_redis_restart_mid_burst_delays_no_event_more_than_10_s(
                 back_at = time.perf_counter()
 
             await send(-1)  # the worker is up and delivering before the burst starts
-            await until(lambda: asyncio.sleep(0, "n-1" in _names(sink)), 60, "the first delivery")
+            await until(lambda: "n-1" in _names(sink), 60, "the first delivery")
             restarting = None
             for i in range(BURST):  # meanwhile the receiver spools what Redis cannot take
                 if i == BURST // 3:
@@ -92,7 +93,7 @@ async def test_a_redis_restart_mid_burst_delays_no_event_more_than_10_s(
                 await asyncio.sleep(0.02)
             assert restarting is not None
             await restarting
-            await until(lambda: asyncio.sleep(0, len(_names(sink)) == BURST + 1), 120, "every delivery")
+            await until(lambda: len(_names(sink)) == BURST + 1, 120, "every delivery")
         arrived = _names(sink)
         late = {name: round(at - max(sent[name], back_at), 1) for name, at in arrived.items()
                 if at - max(sent[name], back_at) > 10}
@@ -133,7 +134,7 @@ async def test_a_worker_killed_holding_a_system_lock_holds_the_system_seconds_no
             second = _worker(dep, "second")
             await send("next")
             started = time.monotonic()
-            names = await until(lambda: asyncio.sleep(0, {"held", "next"} <= set(_names(sink))), 60,
+            names = await until(lambda: {"held", "next"} <= set(_names(sink)), 60,
                                 "both events delivered")
             assert names
             assert time.monotonic() - started < 20

@@ -24,14 +24,7 @@ from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
 from tests.harness import write_config
 from tests.servers import pkrelay_run, ready
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.waiting import wait_until
 
 
 def _child(run: psutil.Process, word: str) -> psutil.Process | None:
@@ -87,18 +80,18 @@ def test_run_serves_logs_restarts_children_and_stops_cleanly(
                 await engine.dispose()
         return asyncio.run(count())
 
-    _wait_for(lambda: logged() == 5, 30, "the worker to log 5 events")
+    wait_until(lambda: logged() == 5, 30, "the worker to log 5 events")
 
     # A child that dies is restarted.
     worker.kill()
-    _wait_for(lambda: (w := _child(run, "worker")) is not None and w.pid != worker.pid, 30, "a new worker")
+    wait_until(lambda: (w := _child(run, "worker")) is not None and w.pid != worker.pid, 30, "a new worker")
     tree.append(_child(run, "worker"))
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     for child in tree:
         assert child is not None
-        _wait_for(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE, 5, f"{child} to exit")
+        wait_until(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE, 5, f"{child} to exit")
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert system_creds["signing_token"] not in output
 
@@ -111,8 +104,8 @@ def test_run_restarts_a_crashed_embedded_redis(
     redis = _child(run, "valkey-server")
     assert redis
     redis.kill()
-    _wait_for(lambda: (r := _child(run, "valkey-server")) is not None and r.pid != redis.pid, 30, "Redis restart")
-    _wait_for(lambda: ready(port), 30, "readiness after the Redis restart")
+    wait_until(lambda: (r := _child(run, "valkey-server")) is not None and r.pid != redis.pid, 30, "Redis restart")
+    wait_until(lambda: ready(port), 30, "readiness after the Redis restart")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from pkrelay import db, startup
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
-from tests.harness import until, write_config
+from tests.harness import write_config
 from tests.servers import pkrelay_process
+from tests.waiting import until
 
 NOT_YET = "database not reachable yet (ConnectionRefusedError), retrying in"
 
@@ -56,7 +57,7 @@ async def test_serve_and_worker_wait_for_a_postgresql_that_starts_late(tmp_path:
     procs = [pkrelay_process(name, cfg, log.open("wb")) for name, log in logs.items()]
     try:
         for name, log in logs.items():
-            await until(lambda: asyncio.sleep(0, NOT_YET in log.read_text()), 30, f"{name} to say it waits")
+            await until(lambda: NOT_YET in log.read_text(), 30, f"{name} to say it waits")
         cluster.start()
         await until(lambda: asyncio.to_thread(_answers, f"http://127.0.0.1:{port}/readyz"), 60, "the receiver")
         await until(lambda: asyncio.to_thread(_answers, f"http://127.0.0.1:{metrics_port}/metrics"), 60,

@@ -22,9 +22,10 @@ import pytest
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment, write_config
 from tests.servers import pkrelay_process, ready
 from tests.sink_server import SinkServer
+from tests.waiting import until
 
 DISPATCHES = 60
 
@@ -95,7 +96,7 @@ async def test_two_receivers_two_workers_postgresql_one_worker_killed(
         def polled(check: str) -> list[float]:
             return sorted(j.at for j in fake_pk.journal if j.path.endswith(check))
 
-        await until(lambda: asyncio.sleep(0, len(polled("/fronters")) >= 5), 30, "a few poll rounds")
+        await until(lambda: len(polled("/fronters")) >= 5, 30, "a few poll rounds")
         logged = await dep.logged()
 
         # Each 200 logged once: one dispatch event per description sent.
