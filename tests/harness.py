@@ -18,19 +18,6 @@ from workers.poll import poll_tick
 from workers.settings import worker_settings
 
 
-def write_config(path: Path, data_dir: Path, systems: list[dict[str, str]], extra: str = "",
-                 database_url: str = "", api_base_url: str = "http://127.0.0.1:9/v2") -> Path:
-    """A config file; the API defaults to a closed local port (tests never reach the internet)."""
-    lines = [f'data_dir = "{data_dir}"', "", "[database]", f'url = "{database_url}"', "",
-             "[pluralkit]", f'api_base_url = "{api_base_url}"', 'user_agent = "pkrelay-tests"', ""]
-    for system in systems:
-        lines.append("[[systems]]")
-        lines += [f'{key} = "{value}"' for key, value in system.items()]
-        lines.append("")
-    path.write_text("\n".join(lines) + extra)
-    return path
-
-
 @dataclass
 class Deployment:
     config_file: Path

@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import add_to_config
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_system_id, new_token, sample_events
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.servers import ThreadedServer
 from tests.waiting import until
 
@@ -194,8 +195,7 @@ async def test_a_system_added_to_the_file_is_accepted_without_restart(
 ) -> None:
     newcomer = {"name": "newcomer", "system_id": new_system_id(), "signing_token": new_token()}
     assert not await dispatcher.register(newcomer["signing_token"], newcomer["system_id"])
-    write_config(deployment.config_file, tmp_path / "data", [system_creds, newcomer],
-                 api_base_url=deployment.live().current.pluralkit.api_base_url)
+    add_to_config(deployment.config_file, {"systems": [newcomer]})
 
     async def registered() -> bool:
         return await dispatcher.register(newcomer["signing_token"], newcomer["system_id"])

@@ -20,9 +20,10 @@ from redis.exceptions import LockError
 
 from pkrelay import keys, queue
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.servers import pkrelay_process
 from tests.sink_server import SinkServer
 from tests.waiting import until
@@ -32,12 +33,8 @@ BURST = 150
 
 async def _setup(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, creds: dict[str, str],
                  sink: SinkServer) -> Deployment:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**creds, "mode": "webhook"}],
-                       api_base_url=fake.base_url,
-                       extra=f'\n[redis]\nurl = "{redis.url}"\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep
+    return await deploy(tmp_path, redis, fake, [{**creds, "mode": "webhook"}], redis={"url": redis.url},
+                        sinks=[{"type": "webhook", "url": sink.url}])
 
 
 def _worker(dep: Deployment, name: str) -> subprocess.Popen[bytes]:

@@ -20,9 +20,9 @@ from pkrelay import config
 from pkrelay import db as pkdb
 from pkrelay.redis_server import free_port
 from pkrelay.store import eventlog
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import write_config
 from tests.servers import pkrelay_run, ready
 from tests.waiting import wait_until
 
@@ -41,8 +41,8 @@ def _child(run: psutil.Process, word: str) -> psutil.Process | None:
 def running(tmp_path: Path, system_creds: dict[str, str],
             fake_pk: FakePluralKit) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds],
-                       extra=f"\n[server]\nport = {port}\n", api_base_url=fake_pk.base_url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {"systems": [system_creds], "server": {"port": port},
+                                                   "pluralkit": {"api_base_url": fake_pk.base_url}})
     with pkrelay_run(cfg, port, output=subprocess.PIPE) as proc:
         yield proc, port, cfg
 
@@ -120,8 +120,7 @@ def test_run_with_a_relative_data_dir_starts_from_anywhere(tmp_path: Path) -> No
     port = free_port()
     (tmp_path / "etc").mkdir()
     (tmp_path / "elsewhere").mkdir()
-    cfg = tmp_path / "etc" / "pkrelay.toml"
-    cfg.write_text(f'data_dir = "./data"\n[server]\nport = {port}\n[pluralkit]\napi_base_url = "http://127.0.0.1:9/v2"\n')
+    cfg = write_config(tmp_path / "etc" / "pkrelay.toml", {"data_dir": "./data", "server": {"port": port}})
     with pkrelay_run(cfg, port, output=subprocess.PIPE, cwd=tmp_path / "elsewhere") as proc:
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         _stop(proc)
@@ -133,9 +132,10 @@ def test_idle_run_is_quiet_and_starts_with_one_summary(
     tmp_path: Path, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
     port = free_port()
-    sink = '\n[[sinks]]\nname = "ha-front"\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**system_creds, "mode": "webhook"}],
-                       extra=f"\n[server]\nport = {port}\n{sink}", api_base_url=fake_pk.base_url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "systems": [{**system_creds, "mode": "webhook"}], "server": {"port": port},
+        "pluralkit": {"api_base_url": fake_pk.base_url},
+        "sinks": [{"name": "ha-front", "type": "webhook", "url": "http://127.0.0.1:9/hook"}]})
     with pkrelay_run(cfg, port, output=subprocess.PIPE) as proc:
         time.sleep(5)  # a window to count lines in, not a wait for a condition
         output = _stop(proc)
@@ -166,7 +166,7 @@ def test_a_second_run_on_the_same_data_dir_stops_at_once(
 def test_run_stops_with_a_reason_when_its_port_is_taken(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], extra=f"\n[server]\nport = {port}\n")
+        cfg = write_config(tmp_path / "pkrelay.toml", {"server": {"port": port}})
         env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
         done = subprocess.run([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
                               capture_output=True, text=True, timeout=60)

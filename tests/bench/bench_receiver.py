@@ -26,8 +26,8 @@ import httpx
 
 from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import write_config
 from tests.fakepk.dispatcher import HEADERS, body, new_system_id, new_token
-from tests.harness import write_config
 from tests.waiting import wait_until
 
 DURATION_S = int(os.environ.get("BENCH_SECONDS", "10"))
@@ -102,9 +102,8 @@ def main() -> None:
     redis = EmbeddedRedis(workdir / "redis")
     redis.start()
     token, system_id = new_token(), new_system_id()
-    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
-                       [{"name": "home", "system_id": system_id, "signing_token": token}],
-                       extra=f'\n[redis]\nurl = "{redis.url}"\n')
+    cfg = write_config(workdir / "pkrelay.toml", {"systems": [{"name": "home", "system_id": system_id,
+                                                               "signing_token": token}], "redis": {"url": redis.url}})
     env = dict(os.environ, PKRELAY_CONFIG=str(cfg))
     content = body("UPDATE_MEMBER", token, system_id, MEMBER, {"name": "Alex", "color": "ff00aa",
                                                                "pronouns": "they/them"})

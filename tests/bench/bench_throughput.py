@@ -37,9 +37,9 @@ from redis import Redis
 
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import HEADERS, body, new_token
-from tests.harness import write_config
 from tests.servers import pkrelay_process, pkrelay_run, ready
 from tests.sink_server import SinkServer
 from tests.waiting import until, wait_until
@@ -62,12 +62,10 @@ class World:
     def config(self, workdir: Path, port: int, database_url: str = "", redis_url: str = "") -> Path:
         creds = [{"name": f"s{i}", "system_id": s.uuid, "signing_token": token, "api_token": s.token,
                   "mode": "webhook"} for i, (s, token, _) in enumerate(self.systems)]
-        extra = f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{self.sink.url}"\n'
-        if redis_url:
-            extra += f'\n[redis]\nurl = "{redis_url}"\n'
-        workdir.mkdir(parents=True, exist_ok=True)
-        return write_config(workdir / "pkrelay.toml", workdir / "data", creds, extra=extra,
-                            database_url=database_url, api_base_url=self.fake.base_url)
+        return write_config(workdir / "pkrelay.toml", {
+            "systems": creds, "server": {"port": port}, "sinks": [{"type": "webhook", "url": self.sink.url}],
+            "redis": {"url": redis_url}, "database": {"url": database_url},
+            "pluralkit": {"api_base_url": self.fake.base_url}})
 
 
 def bodies(world: World, kind: str) -> list[bytes]:
