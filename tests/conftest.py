@@ -10,9 +10,10 @@ from litestar.testing import AsyncTestClient
 
 from pkrelay.redis_server import EmbeddedRedis
 from tests import postgres
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, new_token
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.mqtt_broker import MOSQUITTO, Broker, Mosquitto
 
 pytest_plugins = ["tests.secrets_scan"]
@@ -67,10 +68,7 @@ def system_creds(fake_system: FakeSystem) -> dict[str, str]:
 async def deployment(tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str],
                      fake_pk: FakePluralKit) -> Deployment:
     """A configured pkrelay (one system, SQLite under tmp_path, the fake API), schema migrated."""
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], api_base_url=fake_pk.base_url)
-    dep = Deployment(cfg, redis_server.url)
-    await dep.migrate()
-    return dep
+    return await deploy(tmp_path, redis_server, fake_pk, [system_creds])
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,29 +16,6 @@ from pkrelay.store.deliveries import RetryPolicy
 from receiver.app import create_app
 from workers.poll import poll_tick
 from workers.settings import worker_settings
-
-
-async def until(condition: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Wait for `condition` to hold (checked every few ms); its value, or a clear failure."""
-    deadline = time.monotonic() + timeout
-    while not (result := await condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-    return result
-
-
-def write_config(path: Path, data_dir: Path, systems: list[dict[str, str]], extra: str = "",
-                 database_url: str = "", api_base_url: str = "http://127.0.0.1:9/v2") -> Path:
-    """A config file; the API defaults to a closed local port (tests never reach the internet)."""
-    lines = [f'data_dir = "{data_dir}"', "", "[database]", f'url = "{database_url}"', "",
-             "[pluralkit]", f'api_base_url = "{api_base_url}"', 'user_agent = "pkrelay-tests"', ""]
-    for system in systems:
-        lines.append("[[systems]]")
-        lines += [f'{key} = "{value}"' for key, value in system.items()]
-        lines.append("")
-    path.write_text("\n".join(lines) + extra)
-    return path
 
 
 @dataclass

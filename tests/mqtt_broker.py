@@ -7,10 +7,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pkrelay.redis_server import die_with_parent, free_port
+from tests.waiting import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
@@ -43,15 +43,19 @@ class Broker:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the MQTT broker ({self.kind}) did not start")
+        try:
+            wait_until(self._listening, timeout, f"the MQTT broker ({self.kind}) to listen on {self.port}",
+                       interval=0.05)
+        except AssertionError:
+            self.stop()
+            raise
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

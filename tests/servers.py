@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+
+from tests.waiting import wait_until
 
 
 class ThreadedServer:
@@ -28,11 +29,7 @@ class ThreadedServer:
 
     def start(self) -> None:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
+        wait_until(lambda: self._server.started, 10, "the server to start", interval=0.01)
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -66,11 +63,12 @@ def pkrelay_run(config: Path, port: int, output: int | None = subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "run", "--config", str(config)], env=clean_env(**env),
                             stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     try:
-        deadline = time.monotonic() + 30
-        while not ready(port):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("pkrelay run did not become ready")
-            time.sleep(0.1)
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pkrelay run exited ({proc.returncode}) before it was ready")
+            return ready(port)
+
+        wait_until(up, 30, f"pkrelay run to answer /readyz on {port}")
         yield proc
     finally:
         if proc.poll() is None:

@@ -10,27 +10,18 @@ from litestar.testing import AsyncTestClient
 from pkrelay import db
 from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
-from tests.harness import Deployment, write_config
 from workers.retention import prune_events
 
 ADMIN = "admin-token-for-tests-0123456789"
 
 
-async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], admin: str,
-                      fake: FakePluralKit) -> Deployment:
-    extra = f'\n[server]\nadmin_token = "{admin}"\n'
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra, api_base_url=fake.base_url)
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep
-
-
 async def test_events_api_filters_newest_first_behind_the_admin_token(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
-    dep = await _deployment(tmp_path, redis_server, system_creds, ADMIN, fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], server={"admin_token": ADMIN})
     token, system_id = system_creds["signing_token"], system_creds["system_id"]
     async with AsyncTestClient(app=dep.app()) as client:
         dispatcher = FakeDispatcher(client, "/dispatch")
@@ -57,7 +48,7 @@ async def test_events_api_filters_newest_first_behind_the_admin_token(
 async def test_events_api_is_off_without_an_admin_token(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
-    dep = await _deployment(tmp_path, redis_server, system_creds, "", fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], server={"admin_token": ""})
     async with AsyncTestClient(app=dep.app()) as client:
         assert (await client.get("/api/events", headers={"Authorization": "Bearer "})).status_code == 404
 
@@ -65,7 +56,7 @@ async def test_events_api_is_off_without_an_admin_token(
 async def test_retention_prunes_only_old_events(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
-    dep = await _deployment(tmp_path, redis_server, system_creds, "", fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], server={"admin_token": ""})
     engine = db.create_engine(dep.live().current.database_url)
     now = datetime.now(UTC)
     ids = {}

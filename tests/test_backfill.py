@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from pkrelay import config, db
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
-from tests.harness import write_config
 
 
 def test_backfill_snapshots_every_entity(
@@ -24,8 +24,8 @@ def test_backfill_snapshots_every_entity(
     fake_pk.add_group(fake_system, "Crew", [m["uuid"] for m in members[:3]])
     for m in members[:4]:
         fake_pk.add_switch(fake_system, [m["uuid"]])
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], api_base_url=fake_pk.base_url,
-                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {"systems": [system_creds], "redis": {"url": redis_server.url},
+                                                   "pluralkit": {"api_base_url": fake_pk.base_url}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
     done = subprocess.run([sys.executable, "-m", "pkrelay", "backfill", "--config", str(cfg), "--system", "home"],
                           capture_output=True, text=True, env=env, timeout=60)

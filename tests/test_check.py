@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
-from tests.harness import write_config
 
 
 def _check(cfg: Path) -> subprocess.CompletedProcess[str]:
@@ -23,9 +23,9 @@ def test_check_passes_and_reports_each_system(
     system_creds: dict[str, str],
 ) -> None:
     public = {"name": "public", "system_id": fake_pk.add_system("Other").uuid, "mode": "poll"}
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds, public],
-                       api_base_url=fake_pk.base_url, extra=f'\n[redis]\nurl = "{redis_server.url}"\n'
-                       '\n[server]\npublic_url = "https://relay.example.org/dispatch"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "systems": [system_creds, public], "pluralkit": {"api_base_url": fake_pk.base_url},
+        "redis": {"url": redis_server.url}, "server": {"public_url": "https://relay.example.org/dispatch"}})
     done = _check(cfg)
     assert done.returncode == 0, done.stdout
     assert f"token of system {fake_system.system['id']}" in done.stdout
@@ -39,9 +39,11 @@ def test_check_passes_and_reports_each_system(
 def test_check_passes_a_previous_release_config_and_shows_its_removed_key(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, system_creds: dict[str, str],
 ) -> None:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], api_base_url=fake_pk.base_url,
-                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
-    cfg.write_text(cfg.read_text().replace("[pluralkit]\n", "[pluralkit]\nmessage_rate = 10\n"))
+    # The text itself: the warning names the removed key's line.
+    cfg = tmp_path / "pkrelay.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n\n[redis]\nurl = "{redis_server.url}"\n\n'
+                   f'[pluralkit]\napi_base_url = "{fake_pk.base_url}"\nmessage_rate = 10\n\n[[systems]]\n'
+                   + "".join(f'{key} = "{value}"\n' for key, value in system_creds.items()))
     done = _check(cfg)
     assert done.returncode == 0, done.stdout
     assert "all checks passed" in done.stdout
@@ -51,21 +53,21 @@ def test_check_passes_a_previous_release_config_and_shows_its_removed_key(
 
 def test_check_fails_clearly(tmp_path: Path, fake_pk: FakePluralKit, system_creds: dict[str, str]) -> None:
     wrong = {**system_creds, "api_token": "not-a-valid-token"}
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [wrong], api_base_url=fake_pk.base_url,
-                       extra='\n[redis]\nurl = "redis://127.0.0.1:9/0"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {"systems": [wrong], "pluralkit": {"api_base_url": fake_pk.base_url},
+                                                   "redis": {"url": "redis://127.0.0.1:9/0"}})
     done = _check(cfg)
     assert done.returncode == 1
     assert "FAIL redis" in done.stdout and "FAIL system home: API" in done.stdout and "401" in done.stdout
     assert "not-a-valid-token" not in done.stdout
-    (tmp_path / "bad.toml").write_text("[server]\nprot = 1\n")
+    (tmp_path / "bad.toml").write_text("[server]\nprot = 1\n")  # raw TOML: the check names the key's line
     bad = _check(tmp_path / "bad.toml")
     assert bad.returncode == 1 and "server.prot" in bad.stdout and "line 2" in bad.stdout
 
 
 def test_check_says_an_empty_api_token_is_not_set(tmp_path: Path, fake_pk: FakePluralKit) -> None:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data",
-                       [{"name": "home", "api_token": "env:PK_API_TOKEN", "mode": "poll"}],
-                       api_base_url=fake_pk.base_url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "systems": [{"name": "home", "api_token": "env:PK_API_TOKEN", "mode": "poll"}],
+        "pluralkit": {"api_base_url": fake_pk.base_url}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
     done = subprocess.run([sys.executable, "-m", "pkrelay", "check", "--config", str(cfg)], capture_output=True,
                           text=True, env={**env, "PK_API_TOKEN": ""}, timeout=60)

@@ -13,7 +13,7 @@ import pytest
 import pkrelay
 from pkrelay import config
 from pkrelay.redis_server import EmbeddedRedis
-from tests.harness import write_config
+from tests.deployment import write_config
 
 
 def _pkrelay(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -24,8 +24,8 @@ def _pkrelay(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 @pytest.fixture
 def cfg(tmp_path: Path, redis_server: EmbeddedRedis) -> Path:
-    path = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{"name": "home", "mode": "poll"}],
-                        extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+    path = write_config(tmp_path / "pkrelay.toml", {"systems": [{"name": "home", "mode": "poll"}],
+                                                    "redis": {"url": redis_server.url}})
     assert _pkrelay("migrate", "--config", str(path)).returncode == 0
     return path
 

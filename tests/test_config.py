@@ -12,6 +12,7 @@ from pkrelay.config import removed
 
 
 def _load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> config.Settings:
+    # Raw TOML throughout this file: it tests the loader on the text a user writes (line numbers, syntax, comments).
     path = tmp_path / "pkrelay.toml"
     path.write_text(text)
     return config.load(path, env or {})

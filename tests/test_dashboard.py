@@ -17,6 +17,7 @@ import pytest
 
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store.deliveries import RetryPolicy
+from tests.deployment import webhook_sink
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
 from tests.sink_server import SinkServer
@@ -84,8 +85,7 @@ async def test_login_then_a_dispatched_switch_appears_live_and_opens_to_its_enve
 ) -> None:
     sink.healthy.set()
     secret = _secret()
-    extra = f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\nsecret = "{secret}"\n'
-    async with serve(tmp_path, redis_server, system_creds, fake_pk, extra=extra) as served:
+    async with serve(tmp_path, redis_server, system_creds, fake_pk, sinks=[webhook_sink(sink.url, secret)]) as served:
         page = await browser.new_page()
         await _login(page, served, token="not-the-token")
         await expect(page.get_by_role("alert")).to_have_text("That is not the admin token.")
@@ -147,8 +147,7 @@ async def test_a_dead_letter_replayed_from_the_dashboard_is_delivered(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
     sink: Any, browser: Any,
 ) -> None:
-    extra = f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n'
-    async with serve(tmp_path, redis_server, system_creds, fake_pk, extra=extra) as served:
+    async with serve(tmp_path, redis_server, system_creds, fake_pk, sinks=[webhook_sink(sink.url)]) as served:
         await served.dispatch(served.update("Sam"))
         await served.dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
         [dead] = await served.dep.logged()
@@ -210,8 +209,7 @@ async def test_actions_without_their_csrf_token_are_refused(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
     sink: Any, browser: Any,
 ) -> None:
-    extra = f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n'
-    async with serve(tmp_path, redis_server, system_creds, fake_pk, extra=extra) as served:
+    async with serve(tmp_path, redis_server, system_creds, fake_pk, sinks=[webhook_sink(sink.url)]) as served:
         page = await browser.new_page()
         await _login(page, served, path="/deliveries")
         key = await page.locator("input[name=sink]").first.get_attribute("value")
@@ -232,8 +230,8 @@ async def test_the_connect_page_shows_the_command_and_the_registration_pings(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
     browser: Any,
 ) -> None:
-    extra = '\npublic_url = "https://relay.example.org/"\n'  # appended to [server]
-    async with serve(tmp_path, redis_server, system_creds, fake_pk, extra=extra) as served:
+    async with serve(tmp_path, redis_server, system_creds, fake_pk,
+                     server={"public_url": "https://relay.example.org/"}) as served:
         page = await browser.new_page()
         await _login(page, served, path="/connect")
         await expect(page.locator("pre.command")).to_have_text("pk;system webhook https://relay.example.org/dispatch")

@@ -24,11 +24,13 @@ from pkrelay import config, db
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import deliveries
 from pkrelay.store.deliveries import RetryPolicy
+from tests.deployment import deploy, webhook_sink, write_config
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.servers import clean_env
 from tests.sink_server import SinkServer
+from tests.waiting import until
 from workers.resources import SINK_CONCURRENCY
 
 FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
@@ -36,12 +38,6 @@ FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
 
 def _secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
-def _sink(url: str, secret: str = "", **extra: object) -> str:
-    lines = ["", "[[sinks]]", 'type = "webhook"', f'url = "{url}"', f'secret = "{secret}"']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -57,14 +53,6 @@ def _serve(sinks: list[SinkServer], respond=lambda n: 200) -> SinkServer:  # typ
     server.start()
     sinks.append(server)
     return server
-
-
-async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], extra: str,
-                      fake: FakePluralKit) -> Deployment:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra, api_base_url=fake.base_url)
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep
 
 
 async def _dispatch(dep: Deployment, creds: dict[str, str], *contents: bytes) -> None:
@@ -92,7 +80,7 @@ async def test_signed_delivery_verifies_with_an_independent_library(
 ) -> None:
     secret = _secret()
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, secret), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url, secret)])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     [got] = sink.received
@@ -110,7 +98,7 @@ async def test_a_sink_failing_three_times_gets_the_same_id_until_it_succeeds(
     fake_pk: FakePluralKit,
 ) -> None:
     sink = _serve(sinks, respond=lambda n: 503 if n <= 3 else 204)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url, _secret()), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url, _secret())])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     ids = [r.headers["webhook-id"] for r in sink.received]
@@ -126,15 +114,14 @@ async def test_a_hung_sink_does_not_hold_up_another(
     release = threading.Event()
     hung = _serve(sinks, respond=lambda n: 200 if release.wait(30) else 500)
     fine = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(hung.url) + _sink(fine.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds],
+                       sinks=[webhook_sink(hung.url), webhook_sink(fine.url)])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     worker = asyncio.create_task(dep.work(FAST))
     # Both deliveries start at once; wait until the healthy one has arrived and the hung
     # one is in flight, in whichever order the worker started them.
-    for _ in range(400):
-        if fine.received and hung.received:
-            break
-        await asyncio.sleep(0.025)
+    await until(lambda: fine.received and hung.received, 10, "a request at each sink", interval=0.025,
+                seen=lambda: {"fine": len(fine.received), "hung": len(hung.received)})
     assert len(fine.received) == 1, "the healthy sink waited for the hung one"
     assert len(hung.received) == 1 and not release.is_set()  # the hung request is still in flight
     release.set()
@@ -148,7 +135,7 @@ async def test_dead_letter_then_replay_with_the_same_id(
 ) -> None:
     healthy = threading.Event()
     sink = _serve(sinks, respond=lambda n: 200 if healthy.is_set() else 500)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url)])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
     [delivery] = await _deliveries(dep)
@@ -183,7 +170,7 @@ async def test_a_burst_whose_first_attempts_all_fail_is_retried_one_by_one_until
         return 503 if first else 200
 
     sink = _serve(sinks, respond=respond)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url)])
     await _dispatch(dep, system_creds, *(_update(system_creds, f"n{i}") for i in range(12)))
     await dep.work(FAST)
     ids = [r.headers["webhook-id"] for r in sink.received]
@@ -207,7 +194,7 @@ async def test_a_sink_gets_a_few_requests_at_a_time_not_the_whole_burst(
         return 200
 
     sink = _serve(sinks, respond=respond)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url)])
     await _dispatch(dep, system_creds, *(_update(system_creds, f"n{i}") for i in range(40)))
     await dep.work(FAST)
     assert len(sink.received) == 40
@@ -220,7 +207,7 @@ async def test_an_attempt_that_raises_anything_is_a_recorded_failure_and_ends_de
     """A sink whose attempts fail in a way nobody foresaw (here the host's empty label,
     a UnicodeError from the IDNA codec, which is no aiohttp ClientError) is still
     retried, recorded and dead-lettered, never stuck pending."""
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink("http://a..b/hook"), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink("http://a..b/hook")])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
     [delivery] = await _deliveries(dep)
@@ -233,7 +220,7 @@ async def test_replay_by_id_and_since_delivers_again(
     fake_pk: FakePluralKit,
 ) -> None:
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url)])
     start = datetime.now(UTC)
     await _dispatch(dep, system_creds, _update(system_creds, "a"), _update(system_creds, "b"))
     await dep.work(FAST)
@@ -260,7 +247,7 @@ async def test_a_delivery_already_queued_is_not_queued_twice(
     fake_pk: FakePluralKit,
 ) -> None:
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, _sink(sink.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url)])
     await _dispatch(dep, system_creds, _update(system_creds, "a"))
     await dep.work(FAST)
     [event] = await dep.logged()
@@ -286,10 +273,11 @@ async def test_sinks_only_get_the_types_and_systems_they_ask_for(
     fake_pk: FakePluralKit,
 ) -> None:
     switches, members, other = _serve(sinks), _serve(sinks), _serve(sinks)
-    extra = (_sink(switches.url, events=["CREATE_SWITCH"]) + _sink(members.url, events=["UPDATE_MEMBER"],
-             systems=["home"]) + _sink(other.url, systems=["away"]))
-    extra += '\n[[systems]]\nname = "away"\nsystem_id = "7f6e5d4c-0000-4000-8000-000000000000"\n'
-    dep = await _deployment(tmp_path, redis_server, system_creds, extra, fake_pk)
+    away = {"name": "away", "system_id": "7f6e5d4c-0000-4000-8000-000000000000"}
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds, away], sinks=[
+        webhook_sink(switches.url, events=["CREATE_SWITCH"]),
+        webhook_sink(members.url, events=["UPDATE_MEMBER"], systems=["home"]),
+        webhook_sink(other.url, systems=["away"])])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work(FAST)
     assert (len(switches.received), len(members.received), len(other.received)) == (0, 1, 0)
@@ -310,8 +298,8 @@ async def test_dead_lettered_deliveries_are_listed_by_the_api_and_the_cli(
     fake_pk: FakePluralKit,
 ) -> None:
     down, fine = _serve(sinks, respond=lambda n: 500), _serve(sinks)
-    extra = f'\n[server]\nadmin_token = "{ADMIN}"\n' + _sink(down.url, name="down") + _sink(fine.url, name="fine")
-    dep = await _deployment(tmp_path, redis_server, system_creds, extra, fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], server={"admin_token": ADMIN},
+                       sinks=[webhook_sink(down.url, name="down"), webhook_sink(fine.url, name="fine")])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"), _update(system_creds, "Kim"))
     await dep.work(RetryPolicy(base=0.02, cap=0.05, window=0.3))
     older, newer = await dep.logged()
@@ -342,17 +330,18 @@ async def test_dead_lettered_deliveries_are_listed_by_the_api_and_the_cli(
 
 
 def test_the_delivery_section_is_validated(tmp_path: Path) -> None:
-    path = tmp_path / "pkrelay.toml"
-    path.write_text("[delivery]\nretry_first_s = 2\nretry_max_s = 600\nretry_window_h = 48\n")
+    path = write_config(tmp_path / "pkrelay.toml", {"delivery": {"retry_first_s": 2, "retry_max_s": 600,
+                                                                 "retry_window_h": 48}})
     policy = RetryPolicy.of(config.load(path, {}).delivery)
     assert (policy.base, policy.cap, policy.window) == (2, 600, 48 * 3600)
-    for text, named in [("retry_first_s = 60", "delivery.retry_first_s"), ("retry_window_h = 12", "retry_window_h"),
-                        ("retry_first_s = 10\nretry_max_s = 5", "retry_max_s must be at least"),
-                        ("retry_window_h = 800", "delivery.retry_window_h")]:
-        path.write_text(f"[delivery]\n{text}\n")
+    for delivery, named in [({"retry_first_s": 60}, "delivery.retry_first_s"),
+                            ({"retry_window_h": 12}, "retry_window_h"),
+                            ({"retry_first_s": 10, "retry_max_s": 5}, "retry_max_s must be at least"),
+                            ({"retry_window_h": 800}, "delivery.retry_window_h")]:
+        write_config(path, {"delivery": delivery})
         with pytest.raises(config.ConfigError, match=named):
             config.load(path, {})
-    path.write_text("[database]\nretention_days = 1\n[delivery]\nretry_window_h = 48\n")
+    write_config(path, {"database": {"retention_days": 1}, "delivery": {"retry_window_h": 48}})
     with pytest.raises(config.ConfigError, match="within database.retention_days"):
         config.load(path, {})
 
@@ -362,8 +351,8 @@ async def test_the_worker_retries_on_the_configured_schedule(
     fake_pk: FakePluralKit,
 ) -> None:
     sink = _serve(sinks, respond=lambda n: 500 if n == 1 else 200)
-    dep = await _deployment(tmp_path, redis_server, system_creds,
-                            "\n[delivery]\nretry_first_s = 15\n" + _sink(sink.url), fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], delivery={"retry_first_s": 15},
+                       sinks=[webhook_sink(sink.url)])
     await _dispatch(dep, system_creds, _update(system_creds, "Sam"))
     await dep.work()  # the policy of the config file, as `pkrelay worker` runs it
     first, second = sink.received

@@ -11,9 +11,10 @@ from litestar.testing import AsyncTestClient
 
 from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 
 
 class Relay:
@@ -106,9 +107,7 @@ async def test_without_a_token_only_public_data_and_a_403_still_logs(
     system_creds: dict[str, str],
 ) -> None:
     creds = {k: v for k, v in system_creds.items() if k != "api_token"}
-    dep = Deployment(write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds],
-                                  api_base_url=fake_pk.base_url), redis_server.url)
-    await dep.migrate()
+    dep = await deploy(tmp_path, redis_server, fake_pk, [creds])
     member = fake_pk.add_member(fake_system, "Alex", description="diary")
     member["privacy"]["description_privacy"] = "private"
     fake_system.system["privacy"]["front_history_privacy"] = "private"

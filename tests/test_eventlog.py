@@ -14,9 +14,9 @@ from pathlib import Path
 from litestar.testing import AsyncTestClient
 
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
-from tests.harness import Deployment, write_config
 
 
 def _lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
@@ -46,10 +46,7 @@ async def test_follow_prints_each_event_once_even_when_logged_out_of_id_order(
                   "signing_token": new_token()}
     other_creds = {"name": "other", "system_id": other.uuid, "api_token": other.token, "mode": "poll",
                    "signing_token": new_token()}
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [home_creds, other_creds],
-                       api_base_url=fake_pk.base_url)
-    dep = Deployment(cfg, redis_server.url)
-    await dep.migrate()
+    dep = await deploy(tmp_path, redis_server, fake_pk, [home_creds, other_creds])
     t0 = time.time()
     await dep.poll(t0)  # baseline
 
@@ -59,7 +56,7 @@ async def test_follow_prints_each_event_once_even_when_logged_out_of_id_order(
 
     await rename(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "events", "--follow", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "pkrelay", "events", "--follow", "--config", str(dep.config_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         lines, pump = _lines(proc)

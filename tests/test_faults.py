@@ -23,11 +23,13 @@ from pkrelay.envelope import Event, new_event_id
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store.state import Kind
 from tests import postgres
+from tests.deployment import deploy, webhook_sink
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment
 from tests.sink_server import SinkServer
-from tests.test_delivery import FAST, _deliveries, _serve, _sink, sinks  # noqa: F401 (sinks: a fixture)
+from tests.test_delivery import FAST, _deliveries, _serve, sinks  # noqa: F401 (sinks: a fixture)
+from tests.waiting import until
 from workers.record import record
 from workers.resources import Resources
 from workers.sweep import sweep
@@ -39,15 +41,6 @@ HUGE = b"9" * 4500  # an integer no JSON decoder of ours keeps, in a key PluralK
 def database_url(request: pytest.FixtureRequest) -> str:
     """SQLite (the default: an empty url) and PostgreSQL, where initdb is installed."""
     return "" if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
-
-
-async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], fake: FakePluralKit,
-                      database_url: str = "", extra: str = "") -> Deployment:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=extra,
-                       database_url=database_url, api_base_url=fake.base_url)
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep
 
 
 async def _send(dep: Deployment, *contents: bytes) -> None:
@@ -75,7 +68,8 @@ async def test_a_poison_event_is_logged_as_text_and_its_system_goes_on(
 ) -> None:
     member = fake_pk.add_member(fake_system, "Alex")
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, database_url, _sink(sink.url))
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], database={"url": database_url},
+                       sinks=[webhook_sink(sink.url)])
     poison = _update(system_creds, member["uuid"], {"name": "Kim", "huge": "HUGE"}).replace(b'"HUGE"', HUGE)
     infinite = _update(system_creds, member["uuid"], {"name": "Ana", "far": "FAR"}).replace(b'"FAR"', b"1e999")
     await _send(dep, _update(system_creds, member["uuid"], {"name": "Sam"}), poison, infinite,
@@ -109,7 +103,7 @@ async def test_every_field_a_database_refuses_is_stored_another_way(
 ) -> None:
     """NUL bytes (PostgreSQL refuses them in text), fields longer than their column: in
     one batch with good events, each bad one is logged as text and the others as sent."""
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, database_url)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], database={"url": database_url})
     system_id = system_creds["system_id"]
     now = datetime.now(UTC)
 
@@ -148,7 +142,7 @@ async def test_dispatches_received_while_postgresql_is_down_are_logged_when_it_i
     fake_system: FakeSystem, pg_cluster: postgres.Cluster, pg_url: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     member = fake_pk.add_member(fake_system, "Alex")
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, pg_url)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], database={"url": pg_url})
     pg_cluster.pause()
     try:
         await _send(dep, *(_update(system_creds, member["uuid"], {"name": f"n{i}"}) for i in range(3)))
@@ -168,7 +162,7 @@ async def test_dispatches_logged_while_sqlite_is_locked_by_another_writer_are_lo
     """Another process holds the database (BEGIN EXCLUSIVE) longer than SQLite waits
     (30 s): the ingest job retries instead of failing, and logs once the lock is gone."""
     member = fake_pk.add_member(fake_system, "Alex")
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds])
     await _send(dep, *(_update(system_creds, member["uuid"], {"name": f"n{i}"}) for i in range(3)))
     other = sqlite3.connect(tmp_path / "data" / "pkrelay.db", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN EXCLUSIVE")
@@ -190,7 +184,8 @@ async def test_deliveries_in_retry_through_a_postgresql_outage_are_delivered_aft
     member = fake_pk.add_member(fake_system, "Alex")
     healthy = threading.Event()
     sink = _serve(sinks, respond=lambda n: 200 if healthy.is_set() else 500)
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, pg_url, _sink(sink.url))
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], database={"url": pg_url},
+                       sinks=[webhook_sink(sink.url)])
     await _send(dep, *(_update(system_creds, member["uuid"], {"name": f"n{i}"}) for i in range(5)))
     worker = asyncio.create_task(dep.work(FAST))
 
@@ -229,7 +224,7 @@ async def test_the_sweep_enqueues_pending_events_and_deliveries_no_job_holds(
 ) -> None:
     member = fake_pk.add_member(fake_system, "Alex")
     sink = _serve(sinks)
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, extra=_sink(sink.url))
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url)])
     await _send(dep, *(_update(system_creds, member["uuid"], {"name": f"n{i}"}) for i in range(3)))
     await _drop_jobs(dep)
     await dep.work(FAST)

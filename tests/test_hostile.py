@@ -17,10 +17,12 @@ from litestar.testing import AsyncTestClient
 from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from receiver import server
+from tests.deployment import write_config
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment
 from tests.servers import ThreadedServer, clean_env
 from tests.test_spool import _spool_empty
+from tests.waiting import until
 
 MEMBER = "2ee0c92b-bb4f-4a2c-a9a8-3b7d8f3d5f10"
 
@@ -128,8 +130,8 @@ def test_backfill_with_a_wrong_token_is_one_clear_line(
 ) -> None:
     # PluralKit answers a wrong token as if none was given, except for `@me`: a 401
     creds = {"name": "home", "api_token": "not-the-token-" + "x" * 40}
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], api_base_url=fake_pk_url,
-                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {"systems": [creds], "pluralkit": {"api_base_url": fake_pk_url},
+                                                   "redis": {"url": redis_server.url}})
     done = subprocess.run([sys.executable, "-m", "pkrelay", "backfill", "--config", str(cfg)],
                           capture_output=True, text=True, env=clean_env(), timeout=60)
     assert done.returncode == 1, done.stderr

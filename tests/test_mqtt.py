@@ -20,11 +20,13 @@ from litestar.testing import AsyncTestClient
 
 from pkrelay import db
 from pkrelay.store.deliveries import RetryPolicy
+from tests.deployment import add_to_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until
+from tests.harness import Deployment
 from tests.mqtt_broker import Broker
 from tests.test_queue import _worker
+from tests.waiting import until
 from workers.mqtt import discovery as ha
 from workers.settings import worker_settings
 
@@ -40,7 +42,6 @@ class Subscriber:
         self.seen: dict[str, list[bytes]] = {}
         self.at: dict[str, float] = {}
         self.count: Counter[str] = Counter()
-        self._changed = asyncio.Event()
 
     async def run(self, ready: asyncio.Event) -> None:
         async with aiomqtt.Client("127.0.0.1", self.broker.port, identifier=f"test-{id(self)}") as client:
@@ -53,13 +54,9 @@ class Subscriber:
                 self.seen.setdefault(topic, []).append(payload)
                 self.at[topic] = time.monotonic()
                 self.count[topic] += 1
-                self._changed.set()
 
     async def until(self, done: Callable[[dict[str, bytes]], bool], timeout: float = 20) -> dict[str, bytes]:
-        async with asyncio.timeout(timeout):
-            while not done(self.got):
-                self._changed.clear()
-                await self._changed.wait()
+        await until(lambda: done(self.got), timeout, f"the messages wanted on {self.topics}", seen=lambda: self.got)
         return self.got
 
 
@@ -79,10 +76,9 @@ async def subscribe(mqtt_broker: Broker) -> AsyncIterator[Callable[[list[str]], 
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _with_mqtt(deployment: Deployment, broker: Broker, extra: str = "") -> None:
-    text = deployment.config_file.read_text()
-    deployment.config_file.write_text(text + f'\n[[sinks]]\ntype = "mqtt"\nurl = "{broker.url}"\n'
-                                      f'topic_prefix = "pkrelay"\nhomeassistant_discovery = true\n{extra}\n')
+def _with_mqtt(deployment: Deployment, broker: Broker, **more: Any) -> None:
+    add_to_config(deployment.config_file, {"sinks": [{"type": "mqtt", "url": broker.url, "topic_prefix": "pkrelay",
+                                                      "homeassistant_discovery": True, **more}]})
 
 
 @asynccontextmanager
@@ -181,7 +177,7 @@ async def test_a_fronter_edit_updates_the_front_whatever_the_events_filter(
     deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
     mqtt_broker: Broker, subscribe: Callable,
 ) -> None:
-    _with_mqtt(deployment, mqtt_broker, 'events = ["CREATE_SWITCH"]')
+    _with_mqtt(deployment, mqtt_broker, events=["CREATE_SWITCH"])
     t = _topics(fake_system)
     alex = fake_pk.add_member(fake_system, "Alex", color="112233")
     await _switch(deployment, system_creds, fake_pk, fake_system, [alex])
@@ -216,8 +212,7 @@ async def test_the_last_will_says_offline_when_the_worker_process_is_killed(
     redis_server: Any,
 ) -> None:
     _with_mqtt(deployment, mqtt_broker)
-    text = deployment.config_file.read_text()
-    deployment.config_file.write_text(text + f'\n[redis]\nurl = "{redis_server.url}"\n')
+    add_to_config(deployment.config_file, {"redis": {"url": redis_server.url}})
     t = _topics(fake_system)
     status = await subscribe([t.status, t.discovery])
     worker = _worker(deployment.config_file)
@@ -237,7 +232,7 @@ async def test_a_burst_of_switches_is_published_once_settled(
     deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
     mqtt_broker: Broker, subscribe: Callable,
 ) -> None:
-    _with_mqtt(deployment, mqtt_broker, "front_debounce_s = 2.0")
+    _with_mqtt(deployment, mqtt_broker, front_debounce_s=2.0)
     t = _topics(fake_system)
     alex, sam, kim = (fake_pk.add_member(fake_system, n) for n in ("Alex", "Sam", "Kim"))
     async with _running(deployment):
@@ -258,7 +253,7 @@ async def test_a_deleted_member_s_sensor_is_removed_from_discovery(
     deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
     mqtt_broker: Broker, subscribe: Callable,
 ) -> None:
-    _with_mqtt(deployment, mqtt_broker, 'members = "all"')
+    _with_mqtt(deployment, mqtt_broker, members="all")
     t = _topics(fake_system)
     alex, sam = fake_pk.add_member(fake_system, "Alex"), fake_pk.add_member(fake_system, "Sam")
     for member in (alex, sam):

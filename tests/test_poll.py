@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,19 @@ from redis.asyncio import Redis
 from pkrelay import db, keys
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import state
+from tests.deployment import deploy, write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment
+from tests.waiting import until
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
-                      extra: str = "") -> tuple[Deployment, dict[str, str]]:
+                      **settings: Any) -> tuple[Deployment, dict[str, str]]:
+    """`system` configured in `mode`, with its API token and a signing token."""
     creds = {"name": "home", "system_id": system.uuid, "api_token": system.token, "mode": mode,
              "signing_token": new_token()}
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], api_base_url=fake.base_url, extra=extra)
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep, creds
+    return await deploy(tmp_path, redis, fake, [creds], **settings), creds
 
 
 async def test_a_poll_system_sees_each_change_once(
@@ -80,8 +81,9 @@ async def test_without_a_system_id_every_check_counts_from_the_first_tick(
     from the 20-s system check, so a member check 10 s in already sees a rename."""
     a = fake_pk.add_member(fake_system, "A")
     dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll")
-    cfg = dep.config_file.read_text().replace(f'system_id = "{fake_system.uuid}"', 'system_id = ""')
-    dep.config_file.write_text(cfg)
+    settings = tomllib.loads(dep.config_file.read_text())
+    settings["systems"][0]["system_id"] = ""
+    write_config(dep.config_file, settings)
     t0 = time.time()
     assert await dep.poll(t0) == 0
     a["name"] = "Alex"
@@ -122,7 +124,7 @@ async def test_a_cleared_webhook_url_switches_auto_to_the_poll_cadence(
     public_url = "https://relay.example.org/dispatch"
     fake_system.system["webhook_url"] = public_url
     dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "auto",
-                               extra=f'\n[server]\npublic_url = "{public_url}"\n')
+                               server={"public_url": public_url})
     t0 = time.time()
 
     def fronter_calls() -> int:
@@ -171,7 +173,7 @@ async def test_polling_continues_when_the_polling_worker_is_killed(
     """Two `pkrelay worker` processes; the one holding the lease is killed mid-poll."""
     member = fake_pk.add_member(fake_system, "Sam")
     dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
-                               extra=f'\n[redis]\nurl = "{redis_server.url}"\n')
+                               redis={"url": redis_server.url})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
     workers = {}
     for _ in range(2):
@@ -216,7 +218,7 @@ async def test_api_systems_shows_mode_polling_and_budget(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit, fake_system: FakeSystem
 ) -> None:
     dep, creds = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
-                                   extra='\n[server]\nadmin_token = "admin-0123456789abcdef"\n')
+                                   server={"admin_token": "admin-0123456789abcdef"})
     t0 = time.time()
     await dep.poll(t0)
     async with AsyncTestClient(app=dep.app()) as client:
@@ -239,7 +241,7 @@ async def test_a_revoked_api_token_invents_no_events_and_is_reported(
     alex["pronouns"], alex["privacy"]["pronoun_privacy"] = "she/her", "private"
     fake_pk.add_switch(fake_system, [alex["uuid"]])
     dep, _ = await _deployment(tmp_path, redis_server, fake_pk, fake_system, "poll",
-                               extra='\n[server]\nadmin_token = "admin-0123456789abcdef"\n')
+                               server={"admin_token": "admin-0123456789abcdef"})
     t0 = time.time()
     assert await dep.poll(t0) == 0  # baseline with the owner's view
 
@@ -280,7 +282,7 @@ async def _poll_answered_stale(dep: Deployment, fake: FakePluralKit, suffix: str
     goes on and compares."""
     pause = fake.pause(suffix)
     polling = asyncio.create_task(dep.poll(now))
-    await until(lambda: asyncio.sleep(0, pause.reached.is_set()), 30, f"the poll's {suffix} answer")
+    await until(lambda: pause.reached.is_set(), 30, f"the poll's {suffix} answer")
     try:
         await meanwhile()
     finally:

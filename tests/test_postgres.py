@@ -7,18 +7,15 @@ from pathlib import Path
 from litestar.testing import AsyncTestClient
 
 from pkrelay.redis_server import EmbeddedRedis
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, sample_events
-from tests.harness import Deployment, write_config
 
 
 async def test_events_are_logged_once_in_postgresql(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], pg_url: str, fake_pk: FakePluralKit
 ) -> None:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], database_url=pg_url,
-                       api_base_url=fake_pk.base_url)
-    deployment = Deployment(cfg, redis_server.url)
-    await deployment.migrate()
+    deployment = await deploy(tmp_path, redis_server, fake_pk, [system_creds], database={"url": pg_url})
     await deployment.migrate()  # idempotent, as on every start
     sent = []
     async with AsyncTestClient(app=deployment.app()) as client:

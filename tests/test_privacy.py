@@ -15,9 +15,10 @@ from pkrelay import db
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import deliveries
 from pkrelay.store.deliveries import RetryPolicy
+from tests.deployment import add_to_config, deploy
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.sink_server import SinkServer
 from workers import privacy
 
@@ -89,12 +90,8 @@ async def test_a_public_only_sink_receives_the_stripped_envelope_and_a_private_s
     public.start()
     private.start()
     try:
-        extra = (f'\n[[sinks]]\ntype = "webhook"\nurl = "{public.url}"\npublic_only = true\n'
-                 f'\n[[sinks]]\ntype = "webhook"\nurl = "{private.url}"\n')
-        cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds], extra=extra,
-                           api_base_url=fake_pk.base_url)
-        dep = Deployment(cfg, redis_server.url)
-        await dep.migrate()
+        dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[
+            {"type": "webhook", "url": public.url, "public_only": True}, {"type": "webhook", "url": private.url}])
         # An event as enrichment logs it: with the full member in `entity`.
         engine = db.create_engine(dep.live().current.database_url)
         async with engine.begin() as conn:
@@ -125,9 +122,8 @@ async def test_a_public_widget_sees_who_fronts_when_the_front_is_public(
     public = SinkServer()
     public.start()
     try:
-        text = deployment.config_file.read_text()
-        deployment.config_file.write_text(text + f'\n[[sinks]]\ntype = "webhook"\nurl = "{public.url}"\n'
-                                          'public_only = true\nevents = ["CREATE_SWITCH"]\n')
+        add_to_config(deployment.config_file, {"sinks": [
+            {"type": "webhook", "url": public.url, "public_only": True, "events": ["CREATE_SWITCH"]}]})
         shown = fake_pk.add_member(fake_system, "Shown")
         hidden = fake_pk.add_member(fake_system, "Hidden")
         hidden["privacy"]["visibility"] = "private"

@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,11 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pkrelay import keys, queue
 from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment
 from tests.servers import pkrelay_process
 from tests.sink_server import Received, SinkServer
+from tests.waiting import until
 
 
 def _job(i: int, system_id: str) -> tuple[str, str, bytes]:
@@ -114,15 +117,12 @@ async def test_jobs_held_or_taken_are_left_alone_until_released_or_orphaned_by_a
 
 
 async def _split(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, creds: dict[str, str], sink: SinkServer,
-                 server: str = "") -> tuple[Deployment, Path]:
+                 server: dict[str, Any] | None = None) -> tuple[Deployment, Path]:
     """A config for separate processes (shared Redis, a webhook sink), one UPDATE_SYSTEM
     already answered 200 by the receiver and queued."""
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**creds, "mode": "webhook"}],
-                       api_base_url=fake.base_url,
-                       extra=f'\n[server]\n{server}\n[redis]\nurl = "{redis.url}"\n'
-                             f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
+    dep = await deploy(tmp_path, redis, fake, [{**creds, "mode": "webhook"}], server=server or {},
+                       redis={"url": redis.url}, sinks=[{"type": "webhook", "url": sink.url}])
+    cfg = dep.config_file
     async with AsyncTestClient(app=dep.app()) as client:
         content = body("UPDATE_SYSTEM", creds["signing_token"], creds["system_id"], None, {"name": "Renamed"})
         assert (await FakeDispatcher(client, "/dispatch").send(content)).status_code == 200
@@ -222,7 +222,7 @@ async def test_a_worker_apart_from_the_receiver_serves_its_own_metrics(
     sink = SinkServer()
     sink.start()
     port = free_port()
-    _, cfg = await _split(tmp_path, redis_server, fake_pk, system_creds, sink, f"worker_metrics_port = {port}\n")
+    _, cfg = await _split(tmp_path, redis_server, fake_pk, system_creds, sink, {"worker_metrics_port": port})
     worker = _worker(cfg)
 
     async def delivered() -> bool:

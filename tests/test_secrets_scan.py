@@ -17,8 +17,8 @@ import logging
 
 def test_leaks(tmp_path):
     from pkrelay import config
-    (tmp_path / "c.toml").write_text('[[systems]]\\nname = "a"\\nsigning_token = "tok-abcdefgh1234"\\n')
-    config.load(tmp_path / "c.toml")
+    from tests.deployment import write_config
+    config.load(write_config(tmp_path / "c.toml", {"systems": [{"name": "a", "signing_token": "tok-abcdefgh1234"}]}))
     logging.getLogger("pkrelay.x").warning("got %s", "tok-abcdefgh1234")
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")

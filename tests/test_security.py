@@ -21,11 +21,12 @@ import pytest
 import redis as redis_sync
 
 from pkrelay.redis_server import free_port
+from tests.deployment import webhook_sink, write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import write_config
 from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
+from tests.waiting import wait_until
 
 ADMIN = "admin-token-for-the-security-tests-0123456789"
 
@@ -56,15 +57,6 @@ class Shared:
         return self.output.read_text(errors="replace")
 
 
-def _wait(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 def _bodies(sink: SinkServer) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(r.body) for r in sink.received]
 
@@ -82,16 +74,16 @@ def shared(tmp_path: Path, fake_pk: FakePluralKit) -> Iterator[Shared]:
     # verified dispatch).
     systems = [{"name": "alpha", "signing_token": alpha_token, "api_token": alpha.token, "mode": "webhook"},
                {"name": "beta", "signing_token": beta_token, "mode": "webhook"}]
-    extra = (f'\n[server]\nport = {port}\nadmin_token = "{ADMIN}"\n'
-             f'\n[[sinks]]\nname = "alpha-hook"\ntype = "webhook"\nurl = "{alpha_sink.url}"\nsystems = ["alpha"]\n'
-             f'\n[[sinks]]\nname = "beta-hook"\ntype = "webhook"\nurl = "{beta_sink.url}"\nsystems = ["beta"]\n')
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", systems, extra=extra,
-                       api_base_url=fake_pk.base_url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "systems": systems, "server": {"port": port, "admin_token": ADMIN},
+        "pluralkit": {"api_base_url": fake_pk.base_url},
+        "sinks": [webhook_sink(alpha_sink.url, name="alpha-hook", systems=["alpha"]),
+                  webhook_sink(beta_sink.url, name="beta-hook", systems=["beta"])]})
     output = tmp_path / "run.log"
     with output.open("wb") as out, pkrelay_run(cfg, port, output=out) as proc:
         redis = redis_sync.Redis.from_url((tmp_path / "data" / "redis" / "url").read_text().strip())
         try:
-            _wait(lambda: redis.hget("pkrelay:pins", "alpha"), 30, "alpha's UUID learned from the API")
+            wait_until(lambda: redis.hget("pkrelay:pins", "alpha"), 30, "alpha's UUID learned from the API")
             yield Shared(port, proc, alpha, beta, alpha_token, beta_token, alpha_sink, beta_sink, redis, output)
         finally:
             redis.close()
@@ -111,7 +103,7 @@ def test_one_system_cannot_write_into_anothers_events_or_state(shared: Shared, f
                        "/dispatch/alpha").status_code == 401
     # beta naming itself (pinned by this first verified dispatch) but alpha's member: beta's own event, alone
     assert shared.send(body("UPDATE_MEMBER", shared.beta_token, beta.uuid, member["uuid"], spoof)).status_code == 200
-    _wait(lambda: shared.beta_sink.received, 30, "beta's event delivered to beta's sink")
+    wait_until(lambda: shared.beta_sink.received, 30, "beta's event delivered to beta's sink")
     assert shared.redis.hget("pkrelay:pins", "beta") == beta.uuid.encode()
     # ...and once pinned, beta's token cannot name any other UUID either
     assert shared.send(body("UPDATE_SYSTEM", shared.beta_token, fake_pk.add_system("Third").uuid, None,
@@ -120,7 +112,7 @@ def test_one_system_cannot_write_into_anothers_events_or_state(shared: Shared, f
     member["display_name"] = "Real"
     assert shared.send(body("UPDATE_MEMBER", shared.alpha_token, alpha.uuid, member["uuid"],
                             {"display_name": "Real"})).status_code == 200
-    _wait(lambda: shared.alpha_sink.received, 30, "alpha's event delivered")
+    wait_until(lambda: shared.alpha_sink.received, 30, "alpha's event delivered")
     time.sleep(0.5)  # a window for anything wrongly delivered after it, not a wait for a condition
     delivered = _bodies(shared.alpha_sink)
     assert [e["type"] for e in delivered] == ["UPDATE_MEMBER"]

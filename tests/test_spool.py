@@ -18,8 +18,9 @@ from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.retry import Backoff
 from receiver.spool import supervise
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until
+from tests.harness import Deployment
 from tests.test_receiver import _sample
+from tests.waiting import until
 
 MEMBER = "2ee0c92b-bb4f-4a2c-a9a8-3b7d8f3d5f10"
 

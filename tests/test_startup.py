@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from pkrelay import __version__, config, db, startup
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
-from tests.harness import until, write_config
+from tests.deployment import write_config
 from tests.servers import pkrelay_process
+from tests.waiting import until
 
 NOT_YET = "database not reachable yet (ConnectionRefusedError), retrying in"
 
@@ -50,14 +51,14 @@ async def test_serve_and_worker_wait_for_a_postgresql_that_starts_late(tmp_path:
     """The first `docker compose up`: PostgreSQL is still initialising when pkrelay starts."""
     cluster = postgres.Cluster()  # its port is chosen, nothing listens there yet
     port, metrics_port = free_port(), free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], database_url=cluster.url(),
-                       extra=f'\n[server]\nport = {port}\nworker_metrics_port = {metrics_port}\n'
-                             f'\n[redis]\nurl = "{redis_server.url}"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "database": {"url": cluster.url()}, "server": {"port": port, "worker_metrics_port": metrics_port},
+        "redis": {"url": redis_server.url}})
     logs = {name: tmp_path / f"{name}.log" for name in ("serve", "worker")}
     procs = [pkrelay_process(name, cfg, log.open("wb")) for name, log in logs.items()]
     try:
         for name, log in logs.items():
-            await until(lambda: asyncio.sleep(0, NOT_YET in log.read_text()), 30, f"{name} to say it waits")
+            await until(lambda: NOT_YET in log.read_text(), 30, f"{name} to say it waits")
         cluster.start()
         await until(lambda: asyncio.to_thread(_answers, f"http://127.0.0.1:{port}/readyz"), 60, "the receiver")
         await until(lambda: asyncio.to_thread(_answers, f"http://127.0.0.1:{metrics_port}/metrics"), 60,
@@ -74,7 +75,7 @@ def test_concurrent_migrators_on_a_fresh_database_all_succeed(tmp_path: Path, ba
                                                                     request: pytest.FixtureRequest) -> None:
     """Every replica migrates on start; they take turns instead of racing."""
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else ""
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], database_url=url)
+    cfg = write_config(tmp_path / "pkrelay.toml", {"database": {"url": url}})
     procs = [pkrelay_process("migrate", cfg, subprocess.PIPE) for _ in range(3)]
     outputs = [proc.communicate(timeout=60)[0].decode() for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
@@ -84,9 +85,9 @@ def test_concurrent_migrators_on_a_fresh_database_all_succeed(tmp_path: Path, ba
 
 def test_a_database_that_never_comes_gives_one_line_after_the_wait(tmp_path: Path) -> None:
     port = free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [],
-                       database_url=f"postgresql+asyncpg://pkrelay:hunter2secret@127.0.0.1:{port}/pkrelay",
-                       extra="\n[server]\nstartup_wait_s = 2\n")
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "database": {"url": f"postgresql+asyncpg://pkrelay:hunter2secret@127.0.0.1:{port}/pkrelay"},
+        "server": {"startup_wait_s": 2}})
     started = time.monotonic()
     proc = pkrelay_process("migrate", cfg, subprocess.PIPE)
     out = proc.communicate(timeout=60)[0].decode()
@@ -100,7 +101,7 @@ def test_a_database_that_never_comes_gives_one_line_after_the_wait(tmp_path: Pat
 
 @pytest.mark.skipif(bool(postgres.unavailable_reason()), reason=postgres.unavailable_reason() or "")
 def test_a_mistake_waiting_would_not_fix_fails_at_once(tmp_path: Path, pg_cluster: postgres.Cluster) -> None:
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], database_url=pg_cluster.url("no_such_db"))
+    cfg = write_config(tmp_path / "pkrelay.toml", {"database": {"url": pg_cluster.url("no_such_db")}})
     proc = pkrelay_process("migrate", cfg, subprocess.PIPE)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0 and "retrying" not in out and "InvalidCatalogNameError" in out
@@ -110,9 +111,8 @@ async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server:
     """One image runs every role: its HEALTHCHECK asks a receiver's /healthz and a worker's
     /metrics, reading the role and --config from the main process's command line."""
     port, metrics_port = free_port(), free_port()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [],
-                       extra=f'\n[server]\nport = {port}\nworker_metrics_port = {metrics_port}\n'
-                             f'\n[redis]\nurl = "{redis_server.url}"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "server": {"port": port, "worker_metrics_port": metrics_port}, "redis": {"url": redis_server.url}})
     procs = {name: pkrelay_process(name, cfg) for name in ("serve", "worker")}
     cmdlines = {name: Path(f"/proc/{proc.pid}/cmdline") for name, proc in procs.items()}
     saved = {name: tmp_path / f"{name}.cmdline" for name in procs}

@@ -19,9 +19,10 @@ from pkrelay import db
 from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from receiver.stream import StreamSettings
+from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.servers import ThreadedServer
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -53,13 +54,11 @@ class Served:
 
 @asynccontextmanager
 async def serve(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], fake: FakePluralKit, *,
-                admin: str = ADMIN, stream: str = STREAM, extra: str = "") -> AsyncIterator[Served]:
+                admin: str = ADMIN, stream: str = STREAM, server: dict[str, Any] | None = None,
+                sinks: list[dict[str, Any]] | None = None) -> AsyncIterator[Served]:
     """The receiver of a fresh deployment served for real; the tests' stream timings."""
-    config = f'\n[server]\nadmin_token = "{admin}"\nstream_token = "{stream}"\n' + extra
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=config,
-                       api_base_url=fake.base_url)
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
+    dep = await deploy(tmp_path, redis, fake, [creds], server={"admin_token": admin, "stream_token": stream,
+                                                               **(server or {})}, sinks=sinks or [])
     app = dep.app()
     app.state.stream = FAST
     port = free_port()

@@ -20,11 +20,13 @@ import msgspec
 import pytest
 
 from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
 from tests.fakepk.dispatcher import FakeDispatcher, body
-from tests.harness import Deployment, until, write_config
+from tests.harness import Deployment
 from tests.servers import pkrelay_process, ready
 from tests.sink_server import SinkServer
+from tests.waiting import until
 
 DISPATCHES = 60
 
@@ -48,10 +50,10 @@ async def test_two_receivers_two_workers_postgresql_one_worker_killed(
 ) -> None:
     sink = SinkServer()
     sink.start()
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [{**system_creds, "mode": "poll"}],
-                       database_url=pg_url, api_base_url=fake_pk.base_url,
-                       extra=f'\n[redis]\nurl = "{redis_server.url}"\n'
-                             f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n')
+    cfg = write_config(tmp_path / "pkrelay.toml", {
+        "systems": [{**system_creds, "mode": "poll"}], "database": {"url": pg_url},
+        "pluralkit": {"api_base_url": fake_pk.base_url}, "redis": {"url": redis_server.url},
+        "sinks": [{"type": "webhook", "url": sink.url}]})
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(command: str, **env: str) -> subprocess.Popen[bytes]:
@@ -95,7 +97,7 @@ async def test_two_receivers_two_workers_postgresql_one_worker_killed(
         def polled(check: str) -> list[float]:
             return sorted(j.at for j in fake_pk.journal if j.path.endswith(check))
 
-        await until(lambda: asyncio.sleep(0, len(polled("/fronters")) >= 5), 30, "a few poll rounds")
+        await until(lambda: len(polled("/fronters")) >= 5, 30, "a few poll rounds")
         logged = await dep.logged()
 
         # Each 200 logged once: one dispatch event per description sent.

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 
 from pkrelay.redis_server import free_port
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import HEADERS, body, new_token
-from tests.harness import write_config
 from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
 
@@ -48,10 +48,10 @@ def main() -> None:
     system = fake.add_system()
     system_id, member_id = system.uuid, fake.add_member(system, "Sam")["uuid"]
     token, port = new_token(), free_port()
-    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
-                       [{"name": "home", "system_id": system_id, "signing_token": token, "api_token": system.token}],
-                       extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n',
-                       api_base_url=fake.base_url)
+    cfg = write_config(workdir / "pkrelay.toml", {
+        "systems": [{"name": "home", "system_id": system_id, "signing_token": token, "api_token": system.token}],
+        "server": {"port": port}, "sinks": [{"type": "webhook", "url": sink.url}],
+        "pluralkit": {"api_base_url": fake.base_url}})
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
     with pkrelay_run(cfg, port):
 

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from pkrelay import config, db
 from pkrelay.pluralkit.ratelimit import WINDOW_MS
 from pkrelay.redis_server import free_port
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import HEADERS, body, new_token
-from tests.harness import write_config
 from tests.servers import pkrelay_run
 
 MEMBERS, EVENTS, SPREAD_S = 30, 300, 2.0
@@ -36,9 +36,9 @@ def main() -> None:
     system = fake.add_system()
     members = [fake.add_member(system, f"M{i}") for i in range(MEMBERS)]
     token, port = new_token(), free_port()
-    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
-                       [{"name": "home", "system_id": system.uuid, "signing_token": token, "api_token": system.token}],
-                       extra=f"\n[server]\nport = {port}\n", api_base_url=fake.base_url)
+    cfg = write_config(workdir / "pkrelay.toml", {
+        "systems": [{"name": "home", "system_id": system.uuid, "signing_token": token, "api_token": system.token}],
+        "server": {"port": port}, "pluralkit": {"api_base_url": fake.base_url}})
     engine_url = config.load(cfg).database_url
 
     async def logged() -> int:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from pkrelay.redis_server import free_port
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit
-from tests.harness import write_config
 from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
 
@@ -36,11 +36,10 @@ def main() -> None:
     sink = SinkServer()
     sink.start()
     port = free_port()
-    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
-                       [{"name": "home", "system_id": system.uuid, "api_token": system.token, "mode": "poll"}],
-                       api_base_url=fake.base_url,
-                       extra=f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n'
-                             'events = ["CREATE_SWITCH"]\n')
+    cfg = write_config(workdir / "pkrelay.toml", {
+        "systems": [{"name": "home", "system_id": system.uuid, "api_token": system.token, "mode": "poll"}],
+        "pluralkit": {"api_base_url": fake.base_url}, "server": {"port": port},
+        "sinks": [{"type": "webhook", "url": sink.url, "events": ["CREATE_SWITCH"]}]})
     changed: dict[str, float] = {}
     with pkrelay_run(cfg, port):
         time.sleep(5)  # the first polls record the baseline

@@ -26,8 +26,9 @@ import httpx
 
 from pkrelay import queue
 from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import write_config
 from tests.fakepk.dispatcher import HEADERS, body, new_system_id, new_token
-from tests.harness import write_config
+from tests.waiting import wait_until
 
 DURATION_S = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = 32
@@ -39,15 +40,20 @@ def serve(target: str, port: int, env: dict[str, str], factory: bool,
     argv = [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--no-access-log",
             "--log-level", "warning", "--loop", "uvloop", "--http", http]
     proc = subprocess.Popen(argv + (["--factory"] if factory else []), env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
             httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
-            return proc
+            return True
         except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{target} did not start")
+            return False
+
+    try:
+        wait_until(answers, 20, f"{target} to answer on {port}", interval=0.05)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def wrk(port: int, content: bytes, workdir: Path) -> tuple[float, dict[str, int]]:
@@ -96,9 +102,8 @@ def main() -> None:
     redis = EmbeddedRedis(workdir / "redis")
     redis.start()
     token, system_id = new_token(), new_system_id()
-    cfg = write_config(workdir / "pkrelay.toml", workdir / "data",
-                       [{"name": "home", "system_id": system_id, "signing_token": token}],
-                       extra=f'\n[redis]\nurl = "{redis.url}"\n')
+    cfg = write_config(workdir / "pkrelay.toml", {"systems": [{"name": "home", "system_id": system_id,
+                                                               "signing_token": token}], "redis": {"url": redis.url}})
     env = dict(os.environ, PKRELAY_CONFIG=str(cfg))
     content = body("UPDATE_MEMBER", token, system_id, MEMBER, {"name": "Alex", "color": "ff00aa",
                                                                "pronouns": "they/them"})

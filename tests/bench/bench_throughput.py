@@ -37,11 +37,12 @@ from redis import Redis
 
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
+from tests.deployment import write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import HEADERS, body, new_token
-from tests.harness import write_config
 from tests.servers import pkrelay_process, pkrelay_run, ready
 from tests.sink_server import SinkServer
+from tests.waiting import until, wait_until
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "3000"))
 SYSTEMS = int(os.environ.get("BENCH_SYSTEMS", "20"))
@@ -61,12 +62,10 @@ class World:
     def config(self, workdir: Path, port: int, database_url: str = "", redis_url: str = "") -> Path:
         creds = [{"name": f"s{i}", "system_id": s.uuid, "signing_token": token, "api_token": s.token,
                   "mode": "webhook"} for i, (s, token, _) in enumerate(self.systems)]
-        extra = f'\n[server]\nport = {port}\n\n[[sinks]]\ntype = "webhook"\nurl = "{self.sink.url}"\n'
-        if redis_url:
-            extra += f'\n[redis]\nurl = "{redis_url}"\n'
-        workdir.mkdir(parents=True, exist_ok=True)
-        return write_config(workdir / "pkrelay.toml", workdir / "data", creds, extra=extra,
-                            database_url=database_url, api_base_url=self.fake.base_url)
+        return write_config(workdir / "pkrelay.toml", {
+            "systems": creds, "server": {"port": port}, "sinks": [{"type": "webhook", "url": self.sink.url}],
+            "redis": {"url": redis_url}, "database": {"url": database_url},
+            "pluralkit": {"api_base_url": self.fake.base_url}})
 
 
 def bodies(world: World, kind: str) -> list[bytes]:
@@ -129,11 +128,8 @@ async def burst(port: int, payloads: list[bytes], sink: SinkServer, redis_url: s
         await asyncio.gather(*(post() for _ in range(CONCURRENCY)))
     posted = time.perf_counter()
     by_posted = len(sink.received) - before
-    deadline = posted + 600
-    while len(sink.received) - before < len(payloads):
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"only {len(sink.received) - before} of {len(payloads)} delivered in 10 minutes")
-        await asyncio.sleep(0.05)
+    await until(lambda: len(sink.received) - before >= len(payloads), 600, f"all {len(payloads)} delivered",
+                interval=0.05, seen=lambda: f"{len(sink.received) - before} delivered")
     done = max(r.at for r in sink.received[before:])
     watcher.cancel()
     end = {k: v for root in roots for k, v in sample(root).items()}
@@ -162,11 +158,7 @@ def production(world: World, workdir: Path, pg_url: str,
         assert pkrelay_process("migrate", cfg).wait(120) == 0
         procs.append(pkrelay_process("serve", cfg))
         procs += [pkrelay_process("worker", cfg) for _ in range(workers)]
-        deadline = time.monotonic() + 60
-        while not ready(port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the receiver did not become ready")
-            time.sleep(0.1)
+        wait_until(lambda: ready(port), 60, "the receiver to become ready")
         time.sleep(2)  # the workers' start-up (migrations checked, pools open)
         yield port, redis.url, [psutil.Process(p.pid) for p in procs]
     finally:
