@@ -1,6 +1,6 @@
 """Enrichment: the entity as it is now, and as pkrelay knew it before, for each event.
 
-What each type fetches (and why) is the table in README.md. Two rules shape it:
+What each type fetches (and why) is the table in docs/architecture.md ("Enrichment"). Two rules shape it:
 
 * Fresh, not stale. PluralKit dispatches member, guild and autoproxy changes *before*
   writing them, and API-created members and groups before the commit, so a GET made
