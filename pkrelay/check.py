@@ -47,12 +47,12 @@ async def _check_api(settings: config.Settings, report: Callable[..., None]) -> 
                                                             f"not to system_id {system.system_id}")
             elif token:
                 report(True, f"system {system.name}: API", f"token of system {found.id} ({found.uuid})")
-                public_url = settings.server.public_url
-                if public_url and system.mode != "poll":
-                    here = found.webhook_url == public_url
+                urls = settings.dispatch_urls(system)
+                if urls and system.mode != "poll":
+                    here = found.webhook_url in urls
                     report(here or system.mode == "auto", f"system {system.name}: webhooks",
-                           "registered at server.public_url" if here else
-                           f"PluralKit does not send them to {public_url}"
+                           f"registered at {found.webhook_url}" if here else
+                           f"PluralKit does not send them to {urls[0]}"
                            + ("; polling at the poll cadence instead" if system.mode == "auto" else ""))
             else:
                 report(True, f"system {system.name}: API", f"system {found.id} reachable; no api_token: "

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pkrelay import db, keys
+from pkrelay import db, keys, pins
 from pkrelay.config import Settings
 
 
@@ -24,6 +24,7 @@ async def systems(settings: Settings, engine: AsyncEngine, redis: Redis) -> list
             sa.select(e.c.system, sa.func.max(e.c.received_at)).where(e.c.source == "dispatch").group_by(e.c.system)
         )).all())
     minute = int(time.time() // 60) - 1
+    learned = await pins.learned(redis)
     out = []
     for system in settings.systems:
         unregistered = await redis.exists(keys.poll(system.name, "unregistered"))
@@ -32,7 +33,8 @@ async def systems(settings: Settings, engine: AsyncEngine, redis: Redis) -> list
         seen = last.get(system.name)
         out.append({
             "name": system.name,
-            "system_id": system.system_id or None,
+            "system_id": pins.pinned(system, learned),
+            "dispatch_url": settings.dispatch_url(system),
             "mode": system.mode,
             "polling": "none" if system.mode == "webhook" else
                        "poll cadence" if system.mode == "poll" or unregistered else "reconciliation",

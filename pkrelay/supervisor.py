@@ -82,8 +82,9 @@ def summary(settings: Settings, config_file: Path) -> str:
     lines.append(f"  sinks: {', '.join(s.key for s in settings.sinks) or 'none (events are only logged)'}")
     local = f"http://{server.host}:{server.port}{server.dispatch_path}"
     if server.public_url:
-        lines.append(f"  dispatch URL: register {server.public_url} with `pk;system webhook {server.public_url}` "
-                     f"(it must reach {local})")
+        for system in (s for s in settings.systems if s.mode != "poll"):
+            lines.append(f"  dispatch URL of {system.name}: `pk;system webhook {settings.dispatch_url(system)}` "
+                         f"(it must reach {local}/{system.name})")
     elif any(s.mode != "poll" for s in settings.systems):
         lines.append(f"  dispatch URL: unknown, server.public_url is not set; PluralKit needs a public https URL "
                      f"that reaches {local} (or use mode = \"poll\")")

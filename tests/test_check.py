@@ -30,7 +30,7 @@ def test_check_passes_and_reports_each_system(
     assert done.returncode == 0, done.stdout
     assert f"token of system {fake_system.system['id']}" in done.stdout
     assert "no api_token: public data only" in done.stdout
-    assert "PluralKit does not send them to https://relay.example.org/dispatch; polling at the poll cadence" \
+    assert "PluralKit does not send them to https://relay.example.org/dispatch/home; polling at the poll cadence" \
         in done.stdout
     assert "all checks passed" in done.stdout
     assert system_creds["api_token"] not in done.stdout and system_creds["signing_token"] not in done.stdout
@@ -48,7 +48,7 @@ def test_check_passes_a_previous_release_config_and_shows_its_removed_key(
     assert done.returncode == 0, done.stdout
     assert "all checks passed" in done.stdout
     warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and "`pluralkit.message_rate` (line 7) is no longer used and is ignored" in warnings[0]
+    assert len(warnings) == 1 and "`pluralkit.message_rate` (line 8) is no longer used and is ignored" in warnings[0]
 
 
 def test_check_fails_clearly(tmp_path: Path, fake_pk: FakePluralKit, system_creds: dict[str, str]) -> None:

@@ -226,23 +226,24 @@ async def test_actions_without_their_csrf_token_are_refused(
         assert logged.type == "PKRELAY_TEST"
 
 
-async def test_the_connect_page_shows_the_command_and_the_registration_pings(
+async def test_the_connect_page_shows_each_systems_command_and_its_verified_pings(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
     browser: Any,
 ) -> None:
     async with serve(tmp_path, redis_server, system_creds, fake_pk,
-                     server={"public_url": "https://relay.example.org/"}) as served:
+                     server={"public_url": "https://relay.example.org/dispatch"}) as served:
         page = await browser.new_page()
         await _login(page, served, path="/connect")
-        await expect(page.locator("pre.command")).to_have_text("pk;system webhook https://relay.example.org/dispatch")
+        # public_url is the full URL of the dispatch path: the system's own is below it, once
+        await expect(page.locator("pre.command")).to_have_text("pk;system webhook https://relay.example.org/dispatch/home")
         card = page.locator(".card", has_text="home")
-        await expect(card).to_contain_text("No PING has reached this receiver")
+        await expect(card).to_contain_text("No PING with this system's token")
         async with httpx.AsyncClient() as client:  # the owner confirmed before pasting the token
-            dispatcher = FakeDispatcher(client, served.url + "/dispatch")
+            dispatcher = FakeDispatcher(client, served.url + "/dispatch/home")
             assert not await dispatcher.register(new_token(), served.creds["system_id"])
-            await expect(card).to_contain_text("the signing token did not match", timeout=15000)
             assert await dispatcher.register(served.creds["signing_token"], served.creds["system_id"])
         await expect(card).to_contain_text("Passed", timeout=15000)  # the page refreshes itself
+        await expect(card.locator("li")).to_have_count(1)  # the wrong-token PINGs are not listed
         async with httpx.AsyncClient() as client:  # public_url is https: the cookie is Secure
             answer = await client.post(served.url + "/login", data={"token": ADMIN})
             assert answer.status_code == 303 and "secure" in answer.headers["set-cookie"].lower()

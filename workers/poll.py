@@ -118,7 +118,7 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
             ref = await res.system_id(system)
         emitted = await _apply(res, system, ref, fetched, before, now)
         if Kind.SYSTEM in fetched and system.api_token:
-            await registration.check(redis, res.settings.server.public_url, system, fetched[Kind.SYSTEM], now)
+            await registration.check(redis, res.settings.dispatch_urls(system), system, fetched[Kind.SYSTEM], now)
         return emitted
     finally:
         await schedule.release(lease)

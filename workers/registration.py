@@ -23,13 +23,16 @@ WEBHOOK_REGISTERED = Gauge("pkrelay_webhook_registered", "1 while PluralKit's we
                            ["system"], multiprocess_mode="mostrecent")
 
 
-async def check(redis: Redis, public_url: str, system: SystemConfig, fetched: dict[str, Any], now: float) -> None:
-    """Compare the fetched system's `webhook_url` with `public_url`; on a change, switch
-    the system's polling cadence from the next tick on."""
-    if not public_url or "webhook_url" not in fetched:
+async def check(redis: Redis, urls: tuple[str, ...], system: SystemConfig, fetched: dict[str, Any],
+                now: float) -> None:
+    """Compare the fetched system's `webhook_url` with the URLs that reach this system
+    (`Settings.dispatch_urls`); on a change, switch the system's polling cadence from the
+    next tick on."""
+    if not urls or "webhook_url" not in fetched:
         return
+    public_url = urls[0]
     flag = keys.poll(system.name, "unregistered")
-    registered = fetched.get("webhook_url") == public_url
+    registered = fetched.get("webhook_url") in urls
     WEBHOOK_REGISTERED.labels(system.name).set(int(registered))
     was_registered = not await redis.exists(flag)
     if registered == was_registered:

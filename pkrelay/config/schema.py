@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 import msgspec
 
@@ -190,6 +191,18 @@ class Settings(_Section):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite+aiosqlite:///{(self.data_path / 'pkrelay.db').resolve()}"
+
+    def dispatch_url(self, system: SystemConfig) -> str:
+        """Where PluralKit posts this system's dispatches: `{public_url}/{name}` (public_url
+        is the full URL of the bare dispatch path), else the local URL."""
+        server = self.server
+        base = server.public_url or f"http://{server.host}:{server.port}{server.dispatch_path}"
+        return f"{base.rstrip('/')}/{quote(system.name, safe='')}"
+
+    def dispatch_urls(self, system: SystemConfig) -> tuple[str, ...]:
+        """The public URLs that reach this system's dispatches: its own, and the shared one."""
+        public = self.server.public_url
+        return (self.dispatch_url(system), public) if public else ()
 
     def system(self, name: str) -> SystemConfig | None:
         """The configured system of this name."""

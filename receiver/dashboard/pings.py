@@ -1,8 +1,10 @@
-"""The registration PINGs the receiver answered, for the "connect a system" page.
+"""The verified registration PINGs the receiver answered, for the "connect a system" page.
 
 PluralKit checks a new webhook URL with two PINGs: one with the signing token (must
-get 200) and one with a random token (must get 401). The receiver records each
-answer here, in Redis so that every receiver replica's answers show, kept an hour.
+get 200) and one with a random token (must get 401). Only the first kind is recorded
+(in Redis, so that every receiver replica's show, kept an hour): anyone can send
+wrong-token PINGs, and listing them would let a stranger fill the page and hide the
+owner's real registration. Those are counted in /metrics instead.
 """
 
 from __future__ import annotations
@@ -26,15 +28,13 @@ TTL_S = 3600
 class Ping(msgspec.Struct):
     at: float
     system_id: str | None  # as the body named it
-    system: str | None  # the configured system whose token matched, if any
-    status: int
+    system: str | None  # the configured system whose token matched
+    status: int  # 200: entries of earlier releases may say 401
 
 
-async def record(redis: Redis, system_id: str | None, system: SystemConfig | None) -> None:
-    """Note one PING and its answer (200 when `system`'s token matched, else 401);
-    never fails the answer itself."""
-    entry = msgspec.json.encode(Ping(time.time(), system_id, system.name if system else None,
-                                     401 if system is None else 200))
+async def record(redis: Redis, system_id: str | None, system: SystemConfig) -> None:
+    """Note one verified PING of `system`; never fails the answer itself."""
+    entry = msgspec.json.encode(Ping(time.time(), system_id, system.name, 200))
     try:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.lpush(keys.PINGS, entry)

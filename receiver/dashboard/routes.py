@@ -182,18 +182,13 @@ async def connect(request: Request[Any, Any, Any]) -> Template:
     current = _session(request)
     relay = _relay(request)
     settings = relay.live.current
-    recent = await pings.recent(relay.redis)
-    configured_ids = {s.system_id for s in settings.systems if s.system_id}
-    systems = []
-    for system in settings.systems:
-        mine = [p for p in recent if p.system == system.name or (system.system_id and p.system_id == system.system_id)]
-        systems.append({"name": system.name, "mode": system.mode, "api_token": bool(system.api_token),
-                        "signing_token": bool(system.signing_token), "pings": mine,
-                        "passed": any(p.status == 200 for p in mine), "refused": any(p.status == 401 for p in mine)})
-    strangers = [p for p in recent if p.system is None and p.system_id not in configured_ids]
-    url = settings.server.public_url.rstrip("/") + settings.server.dispatch_path if settings.server.public_url else ""
-    return _page(request, "connect.html", current, systems=systems, strangers=strangers, webhook_url=url,
-                 https=url.startswith("https://"))
+    recent = await pings.recent(relay.redis)  # verified ones only: a stranger cannot fill or fake it
+    public = settings.server.public_url
+    systems = [{"name": system.name, "mode": system.mode, "api_token": bool(system.api_token),
+                "signing_token": bool(system.signing_token), "pings": [p for p in recent if p.system == system.name],
+                "dispatch_url": settings.dispatch_url(system) if public else ""} for system in settings.systems]
+    return _page(request, "connect.html", current, systems=systems, public_url=public,
+                 https=public.startswith("https://"))
 
 
 def _to_login(_request: Request[Any, Any, Any], exc: LoginRequired) -> Response[Any]:
