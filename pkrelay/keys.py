@@ -56,3 +56,9 @@ def mqtt(sink: str, system_id: str, what: Literal["front", "components", "migrat
     announced (so removed ones are cleared), whether the pre-device-discovery config
     was migrated, and the burst of switches it is waiting out."""
     return f"{PREFIX}:mqtt:{sink}:{system_id}:{what}"
+
+
+def session_revoked(session_hash: str) -> str:
+    """A dashboard session that logging out ended (named by a hash of its id), kept
+    until the session's own expiry."""
+    return f"{PREFIX}:dashboard:revoked:{session_hash}"

@@ -49,21 +49,21 @@ def _relay(request: Request[Any, Any, Any]) -> Relay:
     return relay
 
 
-def _session(request: Request[Any, Any, Any]) -> session.Session:
-    current = session.read(request)
+async def _session(request: Request[Any, Any, Any]) -> session.Session:
+    current = await session.read(request)
     if current is None:
         raise LoginRequired(request.url.path)
     return current
 
 
-async def _action(request: Request[Any, Any, Any]) -> tuple[Any, Sink | None]:
-    """The form of a POST from a live session with its CSRF token, and the sink it names."""
-    current = _session(request)
+async def _action(request: Request[Any, Any, Any]) -> tuple[Any, Sink | None, session.Session]:
+    """The form of a POST from a live session with its CSRF token, the sink it names, the session."""
+    current = await _session(request)
     form = await request.form()
     if not session.csrf_ok(request, current, form.get("csrf")):
         raise PermissionDeniedException("this action needs the form's CSRF token; reload the page and try again")
     sink = next((s for s in _relay(request).live.current.sinks if s.key == form.get("sink")), None)
-    return form, sink
+    return form, sink, current
 
 
 def _page(request: Request[Any, Any, Any], name: str, current: session.Session, **context: Any) -> Template:
@@ -79,7 +79,7 @@ def _safe_next(value: Any) -> str:
 @get("/login", include_in_schema=False)
 async def login_form(request: Request[Any, Any, Any],
                      next_path: Annotated[str, QueryParameter()] = "/") -> Template | Redirect:
-    if session.has_session(request):
+    if await session.has_session(request):
         return Redirect(_safe_next(next_path))
     return Template(template_name="login.html", context={"next": _safe_next(next_path), "error": None})
 
@@ -101,21 +101,22 @@ async def login(request: Request[Any, Any, Any]) -> Template | Redirect:
 
 @post("/logout", include_in_schema=False, status_code=303)
 async def logout(request: Request[Any, Any, Any]) -> Redirect:
-    await _action(request)
+    _, _, current = await _action(request)
+    await session.end(request, current)
     return Redirect("/login", cookies=[Cookie(key=session.COOKIE, value="", max_age=0, path="/", httponly=True)],
                     status_code=303)
 
 
 @get("/", include_in_schema=False)
 async def overview(request: Request[Any, Any, Any]) -> Template:
-    current = _session(request)
+    current = await _session(request)
     return _page(request, "overview.html", current, **await queries.overview(_relay(request)))
 
 
 @get("/events", include_in_schema=False)
 async def events(request: Request[Any, Any, Any], system: Annotated[str, QueryParameter()] = "",
                  event_type: Annotated[str, QueryParameter()] = "") -> Template:
-    current = _session(request)
+    current = await _session(request)
     relay = _relay(request)
     settings = relay.live.current
     names = {s.system_id: s.name for s in settings.systems if s.system_id}
@@ -133,7 +134,7 @@ async def live_events(request: Request[Any, Any, Any], system: Annotated[str, Qu
     no catch-all listener for named ones) and authorized by the session cookie. The
     page passes `after`, the newest event it was rendered with, so nothing logged in
     between is missed."""
-    if session.read(request) is None:
+    if await session.read(request) is None:
         raise NotAuthorizedException("the dashboard session has ended; log in again")
     return await open_stream(request, [system] if system else [], [event_type] if event_type else [], after,
                              named=False)
@@ -141,7 +142,7 @@ async def live_events(request: Request[Any, Any, Any], system: Annotated[str, Qu
 
 @get("/events/{event_id:str}", include_in_schema=False)
 async def event(request: Request[Any, Any, Any], event_id: Annotated[str, PathParameter()]) -> Template:
-    current = _session(request)
+    current = await _session(request)
     detail = await queries.event_detail(_relay(request), event_id)
     if detail is None:
         raise NotFoundException(f"no event {event_id[:64]!r} in the log")
@@ -151,14 +152,14 @@ async def event(request: Request[Any, Any, Any], event_id: Annotated[str, PathPa
 @get("/deliveries", include_in_schema=False)
 async def deliveries(request: Request[Any, Any, Any], replayed: Annotated[int | None, QueryParameter()] = None,
                      tested: Annotated[str | None, QueryParameter()] = None) -> Template:
-    current = _session(request)
+    current = await _session(request)
     return _page(request, "deliveries.html", current, sinks=await queries.problem_deliveries(_relay(request)),
                  replayed=replayed, tested=tested)
 
 
 @post("/deliveries/replay", include_in_schema=False, status_code=303)
 async def replay(request: Request[Any, Any, Any]) -> Redirect:
-    form, sink = await _action(request)
+    form, sink, _ = await _action(request)
     if sink is None:
         raise NotFoundException("no such sink")
     # One row's button, the ticked rows, or every dead letter of the sink.
@@ -170,7 +171,7 @@ async def replay(request: Request[Any, Any, Any]) -> Redirect:
 
 @post("/deliveries/test", include_in_schema=False, status_code=303)
 async def send_test(request: Request[Any, Any, Any]) -> Redirect:
-    _, sink = await _action(request)
+    _, sink, _ = await _action(request)
     if sink is None:
         raise NotFoundException("no such sink")
     event_id = await actions.send_test(_relay(request), sink)
@@ -179,7 +180,7 @@ async def send_test(request: Request[Any, Any, Any]) -> Redirect:
 
 @get("/connect", include_in_schema=False)
 async def connect(request: Request[Any, Any, Any]) -> Template:
-    current = _session(request)
+    current = await _session(request)
     relay = _relay(request)
     settings = relay.live.current
     recent = await pings.recent(relay.redis)
