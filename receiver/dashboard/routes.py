@@ -25,6 +25,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from pkrelay.config import Sink
+from receiver.auth_limit import FailedAuthLimit, client_address
 from receiver.dashboard import actions, pings, queries, session
 from receiver.relay import Relay
 from receiver.stream import open_stream
@@ -89,7 +90,15 @@ async def login(request: Request[Any, Any, Any]) -> Template | Redirect:
     form = await request.form()
     server = _relay(request).live.current.server
     target = _safe_next(form.get("next"))
+    limit: FailedAuthLimit = request.app.state.auth_limit
+    address = client_address(request)
+    wait = await limit.blocked(_relay(request).redis, address)
+    if wait is not None:  # the right token too: a guess is never confirmed while blocked
+        return Template(template_name="login.html", status_code=429, headers={"Retry-After": str(wait)},
+                        context={"next": target, "error": f"Too many failed logins from this address; "
+                                                          f"try again in {wait} seconds."})
     if not server.admin_token.matches(str(form.get("token") or "")):
+        await limit.failed(_relay(request).redis, address)
         return Template(template_name="login.html", status_code=401,
                         context={"next": target, "error": "That is not the admin token."})
     lifetime = request.app.state.dashboard.session_seconds
