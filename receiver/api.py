@@ -17,6 +17,7 @@ from pkrelay.envelope import Event
 from pkrelay.store import eventlog
 from pkrelay.store.deliveries import Delivery, State, listing
 from receiver.auth_limit import BearerLimit
+from receiver.headers import API_HEADERS, SecurityHeaders
 from receiver.relay import Relay
 
 
@@ -71,4 +72,4 @@ async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 
 
 api_router = Router(path="/api", route_handlers=[list_events, list_deliveries, list_systems], guards=[admin_only],
-                    middleware=[BearerLimit()])
+                    middleware=[SecurityHeaders(API_HEADERS), BearerLimit()])

@@ -27,6 +27,7 @@ from litestar.template.config import TemplateConfig
 from pkrelay.config import Sink
 from receiver.auth_limit import FailedAuthLimit, client_address
 from receiver.dashboard import actions, pings, queries, session
+from receiver.headers import DASHBOARD_HEADERS, SecurityHeaders
 from receiver.relay import Relay
 from receiver.stream import open_stream
 
@@ -235,4 +236,5 @@ dashboard_router = Router(
     ],
     guards=[dashboard_on],
     exception_handlers={LoginRequired: _to_login},
+    middleware=[SecurityHeaders(DASHBOARD_HEADERS)],
 )
