@@ -78,6 +78,8 @@ class ServerConfig(_Section):
     max_body_bytes: int = 262144
     admin_token: Secret = msgspec.field(default_factory=Secret)
     stream_token: Secret = msgspec.field(default_factory=Secret)  # read-only: /api/stream only
+    # When set, GET /metrics (the receiver's and each worker's) needs it as Bearer; empty: open.
+    metrics_token: Secret = msgspec.field(default_factory=Secret)
     # Where each `pkrelay worker` serves its own /metrics when it runs apart from a
     # receiver (0: off). Under `pkrelay run` the receiver's /metrics includes the worker.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
@@ -210,7 +212,8 @@ class Settings(_Section):
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redaction filter."""
-        values = [self.server.admin_token.reveal(), self.server.stream_token.reveal()]
+        values = [self.server.admin_token.reveal(), self.server.stream_token.reveal(),
+                  self.server.metrics_token.reveal()]
         for system in self.systems:
             values += [system.signing_token.reveal(), system.api_token.reveal()]
         values += [sink.secret.reveal() for sink in self.sinks if isinstance(sink, WebhookSink)]
