@@ -107,7 +107,8 @@ def test_a_mistake_waiting_would_not_fix_fails_at_once(tmp_path: Path, pg_cluste
 
 async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
     """One image runs every role: its HEALTHCHECK asks a receiver's /healthz and a worker's
-    metrics port's /healthz (open when server.metrics_token is set), reading the role and --config from the main process's command line."""
+    metrics port's /healthz (open when server.metrics_token is set), reading the role
+    and --config from the main process's command line."""
     port, metrics_port = free_port(), free_port()
     cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [],
                        extra=f'\n[server]\nport = {port}\nworker_metrics_port = {metrics_port}\n'
