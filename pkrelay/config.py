@@ -130,13 +130,13 @@ class _Sink(_Section, tag_field="type", kw_only=True):
     systems: list[str] | None = None
     url: str
     public_only: bool = False
-    name: str = ""  # a label for logs and metrics; without one, a hash stands in
+    name: str = ""  # a label for logs and metrics; without one, sink<N> (pkrelay/labels.py)
 
     @property
     def key(self) -> str:
-        """A stable name for this sink in the database and metrics, without its URL
-        (URLs can carry secrets, e.g. Home Assistant webhook ids): its `name`, else a
-        hash of URL and topic (what databases written before names existed hold)."""
+        """A stable name for this sink in the database: its `name`, else a hash of URL
+        and topic (what databases written before names existed hold). Not for metrics or
+        logs: a short hash of a URL can be reversed by guessing (pkrelay/labels.py)."""
         if self.name:
             return self.name
         topic = getattr(self, "topic_prefix", "")
