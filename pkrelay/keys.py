@@ -59,3 +59,15 @@ def mqtt(sink: str, system_id: str, what: Literal["front", "components", "migrat
     announced (so removed ones are cleared), whether the pre-device-discovery config
     was migrated, and the burst of switches it is waiting out."""
     return f"{PREFIX}:mqtt:{sink}:{system_id}:{what}"
+
+
+def auth_failures(address: str) -> str:
+    """The failed logins and wrong Bearer tokens of one client address in the last
+    window (a sorted set scored by UNIX time), shared by every receiver."""
+    return f"{PREFIX}:auth:failures:{address}"
+
+
+def session_revoked(session_hash: str) -> str:
+    """A dashboard session that logging out ended (named by a hash of its id), kept
+    until the session's own expiry."""
+    return f"{PREFIX}:dashboard:revoked:{session_hash}"

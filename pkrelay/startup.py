@@ -132,7 +132,7 @@ def health(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
     if role in ("serve", "run"):
         url = f"http://127.0.0.1:{settings.server.port}/healthz"
     elif settings.server.worker_metrics_port:
-        url = f"http://127.0.0.1:{settings.server.worker_metrics_port}/metrics"
+        url = f"http://127.0.0.1:{settings.server.worker_metrics_port}/healthz"  # open with a metrics_token too
     else:
         # No port to ask the worker itself: at least the queue it serves must answer.
         import redis as sync_redis

@@ -16,6 +16,8 @@ from pkrelay import status
 from pkrelay.envelope import Event
 from pkrelay.store import eventlog
 from pkrelay.store.deliveries import Delivery, State, listing
+from receiver.auth_limit import BearerLimit
+from receiver.headers import API_HEADERS, SecurityHeaders
 from receiver.relay import Relay
 
 
@@ -33,6 +35,7 @@ def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRou
 GUARDED = {
     401: ResponseSpec(None, description="no valid admin token"),
     404: ResponseSpec(None, description="the API is off: server.admin_token is empty"),
+    429: ResponseSpec(None, description="too many failed authentications from this address: see Retry-After"),
 }
 
 
@@ -68,4 +71,5 @@ async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return await status.systems(relay.live.current, relay.engine, relay.redis)
 
 
-api_router = Router(path="/api", route_handlers=[list_events, list_deliveries, list_systems], guards=[admin_only])
+api_router = Router(path="/api", route_handlers=[list_events, list_deliveries, list_systems], guards=[admin_only],
+                    middleware=[SecurityHeaders(API_HEADERS), BearerLimit()])

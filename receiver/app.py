@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from pkrelay import __version__
 from pkrelay.config import LiveSettings
 from receiver.api import api_router
+from receiver.auth_limit import BearerLimit, FailedAuthLimit
 from receiver.dashboard.routes import dashboard_router, template_config
 from receiver.dashboard.session import DashboardSettings
 from receiver.dispatch import dispatch_handlers
@@ -22,9 +23,12 @@ def create_app(live: LiveSettings, redis_url: str) -> Litestar:
     relay = Relay(live, redis_url)
     return Litestar(
         route_handlers=[*dispatch_handlers(settings.server.dispatch_path), healthz, readyz, prometheus, api_router,
-                        event_stream, dashboard_router],
+                        # /api/stream's token checks count against the failed-auth limit too
+                        Router(path="/", route_handlers=[event_stream], middleware=[BearerLimit()]),
+                        dashboard_router],
         lifespan=[relay.lifespan],
-        state=State({"relay": relay, "stream": StreamSettings(), "dashboard": DashboardSettings()}),
+        state=State({"relay": relay, "stream": StreamSettings(), "dashboard": DashboardSettings(),
+                     "auth_limit": FailedAuthLimit()}),
         template_config=template_config,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(title="pkrelay", version=__version__, path="/schema"),

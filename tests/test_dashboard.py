@@ -69,6 +69,15 @@ async def _login(page: Any, served: Served, token: str = ADMIN, path: str = "/")
     await page.get_by_role("button", name="Log in").click()
 
 
+def _csp_violations(page: Any) -> list[str]:
+    """What the browser refuses under the pages' Content-Security-Policy (it says so on
+    the console, and in a securitypolicyviolation event), as it happens."""
+    seen: list[str] = []
+    page.on("console", lambda m: seen.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda e: seen.append(str(e)))
+    return seen
+
+
 async def _switch(served: Served, fake: FakePluralKit, system: FakeSystem, names: list[str]) -> None:
     colours = ("ff6a00", "2f80ed")
     members = [fake.add_member(system, name, color=colour) for name, colour in zip(names, colours, strict=False)]
@@ -87,6 +96,7 @@ async def test_login_then_a_dispatched_switch_appears_live_and_opens_to_its_enve
     secret = _secret()
     async with serve(tmp_path, redis_server, system_creds, fake_pk, sinks=[webhook_sink(sink.url, secret)]) as served:
         page = await browser.new_page()
+        violations = _csp_violations(page)
         await _login(page, served, token="not-the-token")
         await expect(page.get_by_role("alert")).to_have_text("That is not the admin token.")
         await page.get_by_label("Admin token").fill(ADMIN)
@@ -141,6 +151,7 @@ async def test_login_then_a_dispatched_switch_appears_live_and_opens_to_its_enve
         await page.screenshot(path=str(shots / "event.png"))
         await page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert violations == []  # the live view, the colours, the avatars: all within the policy
 
 
 async def test_a_dead_letter_replayed_from_the_dashboard_is_delivered(
@@ -153,6 +164,7 @@ async def test_a_dead_letter_replayed_from_the_dashboard_is_delivered(
         [dead] = await served.dep.logged()
         failed = len(sink.received)
         page = await browser.new_page()
+        violations = _csp_violations(page)
         await _login(page, served, path="/deliveries")
         await expect(page.get_by_role("heading", name="Deliveries")).to_be_visible()
         row = page.locator("tr", has_text=dead.id)
@@ -175,6 +187,15 @@ async def test_a_dead_letter_replayed_from_the_dashboard_is_delivered(
         await served.dep.work(FAST)
         test_event = msgspec.json.decode(sink.received[-1].body)
         assert test_event["type"] == "PKRELAY_TEST" and test_event["source"] == "test"
+        assert violations == []
+
+        # Logging out ends the session on the server: the cookie, put back, is refused.
+        [cookie] = [c for c in await browser.cookies() if c["name"] == "pkrelay_session"]
+        await page.get_by_role("button", name="Log out").click()
+        await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+        await browser.add_cookies([cookie])
+        await page.goto(served.url + "/deliveries")
+        await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
 
 
 async def test_an_expired_session_goes_back_to_the_login_form(

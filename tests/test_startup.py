@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pkrelay import __version__, config, db, startup
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from tests import postgres
-from tests.deployment import write_config
+from tests.deployment import add_to_config, write_config
 from tests.servers import pkrelay_process
 from tests.waiting import until
 
@@ -109,7 +109,8 @@ def test_a_mistake_waiting_would_not_fix_fails_at_once(tmp_path: Path, pg_cluste
 
 async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
     """One image runs every role: its HEALTHCHECK asks a receiver's /healthz and a worker's
-    /metrics, reading the role and --config from the main process's command line."""
+    metrics port's /healthz (open when server.metrics_token is set), reading the role
+    and --config from the main process's command line."""
     port, metrics_port = free_port(), free_port()
     cfg = write_config(tmp_path / "pkrelay.toml", {
         "server": {"port": port, "worker_metrics_port": metrics_port}, "redis": {"url": redis_server.url}})
@@ -124,7 +125,7 @@ async def test_the_image_healthcheck_fits_the_role(tmp_path: Path, redis_server:
         _stop(*procs.values())
     assert startup.health(saved["serve"]) == f"http://127.0.0.1:{port}/healthz does not answer (ConnectError)"
     assert startup.health(saved["worker"]) == \
-        f"http://127.0.0.1:{metrics_port}/metrics does not answer (ConnectError)"
+        f"http://127.0.0.1:{metrics_port}/healthz does not answer (ConnectError)"
 
 
 def test_the_start_up_summary_begins_with_the_version(tmp_path: Path) -> None:
@@ -138,8 +139,8 @@ def test_the_healthcheck_does_not_repeat_the_config_warnings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The image probes every few seconds; the role gave the removed key's warning once, at its start."""
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [], extra=f"\n[server]\nport = {free_port()}\n")
-    cfg.write_text(cfg.read_text().replace("[pluralkit]\n", "[pluralkit]\nmessage_rate = 10\n"))
+    cfg = write_config(tmp_path / "pkrelay.toml", {"server": {"port": free_port()}})
+    add_to_config(cfg, {"pluralkit": {"message_rate": 10}})  # a previous release's key
     cmdline = tmp_path / "cmdline"
     cmdline.write_bytes(b"\0".join([b"pkrelay", b"serve", b"--config", str(cfg).encode()]))
     health = startup.health

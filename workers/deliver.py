@@ -24,6 +24,7 @@ from arq import Retry
 
 from pkrelay import queue
 from pkrelay.config import Sink
+from pkrelay.labels import sink_label
 from pkrelay.store import deliveries, state
 from pkrelay.store.deliveries import Pending, Settlement
 from pkrelay.store.state import Kind
@@ -75,13 +76,14 @@ async def deliver(ctx: dict[str, Any], event_id: str, sink_key: str, followers: 
 async def _attempt(res: Resources, sink: Sink, pending: Pending) -> Settlement:
     """Send one delivery, or say why not; what became of it."""
     event = pending.event
+    label = sink_label(res.settings, sink)  # metrics and logs: never the key, a hash of the URL
     envelope: dict[str, Any] | None = msgspec.to_builtins(event)
     if sink.public_only and envelope is not None:
         async with res.engine.connect() as conn:
             stored = await state.get(conn, event.system_id, Kind.SYSTEM, event.system_id) if event.system_id else None
         envelope = privacy.strip(envelope, system=stored.data if stored else None)
     if envelope is None:
-        DELIVERIES.labels(sink.key, "skipped").inc()
+        DELIVERIES.labels(label, "skipped").inc()
         return Settlement(event.id, "skipped", "nothing public in this event")
     status_code: int | None = None
     error: str | None = None
@@ -93,21 +95,21 @@ async def _attempt(res: Resources, sink: Sink, pending: Pending) -> Settlement:
     except DeliveryFailed as exc:
         status_code, error = exc.status, exc.reason
     except Exception as exc:  # a failure nobody foresaw is still a failure: recorded, retried, dead-lettered
-        log.exception("delivery of %s to %s raised", event.id, sink.key)
+        log.exception("delivery of %s to %s raised", event.id, label)
         error = f"{type(exc).__name__}: {exc}"
     attempt = {"status_code": status_code, "error": error, "duration_ms": (time.perf_counter() - started) * 1000}
     now = datetime.now(UTC)
     attempts = pending.attempts + 1
     first = pending.first_attempt_at or now
     if error is None:
-        DELIVERIES.labels(sink.key, "delivered").inc()
-        DELIVERY_LATENCY.labels(sink.key).observe((now - event.received_at).total_seconds())
+        DELIVERIES.labels(label, "delivered").inc()
+        DELIVERY_LATENCY.labels(label).observe((now - event.received_at).total_seconds())
         return Settlement(event.id, "delivered", None, attempt)
     if now - first >= timedelta(seconds=res.retry_policy.window):
-        DELIVERIES.labels(sink.key, "dead").inc()
-        DEAD_LETTERED.labels(sink.key).inc()
-        log.warning("dead-lettered %s for sink %s after %d attempts: %s", event.id, sink.key, attempts, error)
+        DELIVERIES.labels(label, "dead").inc()
+        DEAD_LETTERED.labels(label).inc()
+        log.warning("dead-lettered %s for sink %s after %d attempts: %s", event.id, label, attempts, error)
         return Settlement(event.id, "dead", error, attempt)
-    DELIVERIES.labels(sink.key, "failed").inc()
-    log.warning("delivery of %s to %s failed (%s), attempt %d", event.id, sink.key, error, attempts)
+    DELIVERIES.labels(label, "failed").inc()
+    log.warning("delivery of %s to %s failed (%s), attempt %d", event.id, label, error, attempts)
     return Settlement(event.id, "pending", error, attempt)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIServer, make_server
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 
-from pkrelay.config import Settings
+from pkrelay.config import Secret, Settings
 
 EVENTS_LOGGED = Counter("pkrelay_events_logged_total", "Events written to the event log", ["type", "source"])
 DELIVERIES = Counter(
@@ -20,9 +25,41 @@ DELIVERY_LATENCY = Histogram(
 )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> WSGIServer | None:
     """A worker apart from any receiver (`pkrelay worker` in a split deployment) has no
-    /metrics page to appear on: it serves its own, when a port is configured."""
+    /metrics page to appear on: it serves its own, when a port is configured (the
+    server, serving from a daemon thread; None when it serves none)."""
     port = settings.server.worker_metrics_port
-    if port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        start_http_server(port, addr=settings.server.host)
+    if not port or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return None
+
+    class Server(ThreadingWSGIServer):
+        pass
+
+    Server.address_family, addr = _get_best_family(settings.server.host, port)  # type: ignore[no-untyped-call]
+    httpd = make_server(addr, port, guarded(settings.server.metrics_token), Server, handler_class=_SilentHandler)
+    threading.Thread(target=httpd.serve_forever, name="worker metrics", daemon=True).start()
+    return httpd
+
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def guarded(token: Secret) -> WSGIApp:
+    """prometheus-client's WSGI app behind `token` (Bearer; open while it is empty), and
+    /healthz, always open, for probes that hold no token."""
+    metrics: WSGIApp = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("X-Content-Type-Options", "nosniff")])
+            return [b"ok\n"]
+        scheme, _, given = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+        if token and (scheme.lower() != "bearer" or not token.matches(given.strip())):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer"),
+                                                ("X-Content-Type-Options", "nosniff")])
+            return [b"a valid metrics token is required\n"]
+        return metrics(environ, start_response)
+
+    return app

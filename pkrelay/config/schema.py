@@ -70,6 +70,8 @@ class ServerConfig(_Section):
     max_body_bytes: int = 262144
     admin_token: Secret = msgspec.field(default_factory=Secret)
     stream_token: Secret = msgspec.field(default_factory=Secret)  # read-only: /api/stream only
+    # When set, GET /metrics (the receiver's and each worker's) needs it as Bearer; empty: open.
+    metrics_token: Secret = msgspec.field(default_factory=Secret)
     # Where each `pkrelay worker` serves its own /metrics when it runs apart from a
     # receiver (0: off). Under `pkrelay run` the receiver's /metrics includes the worker.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
@@ -120,13 +122,13 @@ class _Sink(_Section, tag_field="type", kw_only=True):
     systems: list[str] | None = None
     url: str
     public_only: bool = False
-    name: str = ""  # a label for logs and metrics; without one, a hash stands in
+    name: str = ""  # a label for logs and metrics; without one, sink<N> (pkrelay/labels.py)
 
     @property
     def key(self) -> str:
-        """A stable name for this sink in the database and metrics, without its URL
-        (URLs can carry secrets, e.g. Home Assistant webhook ids): its `name`, else a
-        hash of URL and topic (what databases written before names existed hold)."""
+        """A stable name for this sink in the database: its `name`, else a hash of URL
+        and topic (what databases written before names existed hold). Not for metrics or
+        logs: a short hash of a URL can be reversed by guessing (pkrelay/labels.py)."""
         if self.name:
             return self.name
         topic = getattr(self, "topic_prefix", "")
@@ -214,7 +216,8 @@ class Settings(_Section):
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redaction filter."""
-        values = [self.server.admin_token.reveal(), self.server.stream_token.reveal()]
+        values = [self.server.admin_token.reveal(), self.server.stream_token.reveal(),
+                  self.server.metrics_token.reveal()]
         for system in self.systems:
             values += [system.signing_token.reveal(), system.api_token.reveal()]
         values += [sink.secret.reveal() for sink in self.sinks if isinstance(sink, WebhookSink)]

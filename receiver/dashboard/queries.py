@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pkrelay import db, queue, status
+from pkrelay import db, labels, queue, status
 from pkrelay.config import Settings, Sink
 from pkrelay.envelope import Event
 from pkrelay.store import eventlog
@@ -26,11 +26,11 @@ from receiver.relay import Relay
 _HEX = re.compile(r"^[0-9a-fA-F]{6}$")
 
 
-def sink_label(sink: Sink) -> str:
-    """How the dashboard names a sink: its type and host, never the whole URL."""
+def sink_label(settings: Settings, sink: Sink) -> str:
+    """How the dashboard names a sink: its metrics label (name, or sink<N>), type and
+    host, never the whole URL."""
     host = urlsplit(sink.url).hostname or "?"
-    name = getattr(sink, "name", "")  # SPEC's optional label, once the config has it
-    return f"{name} ({sink.__struct_config__.tag} to {host})" if name else f"{sink.__struct_config__.tag} to {host}"
+    return f"{labels.sink_label(settings, sink)} ({sink.__struct_config__.tag} to {host})"
 
 
 def _colour(value: Any) -> str | None:
@@ -38,7 +38,8 @@ def _colour(value: Any) -> str | None:
 
 
 def _avatar(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.startswith(("https://", "http://")) else None
+    """https images only: the pages' Content-Security-Policy loads no other remote image."""
+    return value if isinstance(value, str) and value.startswith("https://") else None
 
 
 def fronter_view(member: Any) -> dict[str, Any]:
@@ -71,7 +72,7 @@ async def sink_stats(relay: Relay) -> list[dict[str, Any]]:
     for sink in relay.live.current.sinks:
         counts_of = by_status.get(sink.key, {})
         out.append({
-            "key": sink.key, "label": sink_label(sink), "type": sink.__struct_config__.tag,
+            "key": sink.key, "label": sink_label(relay.live.current, sink), "type": sink.__struct_config__.tag,
             "pending": counts_of.get("pending", 0), "dead": counts_of.get("dead", 0),
             "delivered": counts_of.get("delivered", 0), "failing": failing.get(sink.key, 0),
             "failures_24h": failures.get(sink.key, 0),
@@ -156,7 +157,7 @@ async def event_detail(relay: Relay, event_id: str) -> dict[str, Any] | None:
         deliveries = (await conn.execute(sa.select(d).where(d.c.event_id == event_id).order_by(d.c.sink))).all()
         attempts = (await conn.execute(sa.select(a).where(a.c.event_id == event_id).order_by(a.c.at, a.c.id))).all()
     event: Event = eventlog.row_to_event(row)
-    labels = {s.key: sink_label(s) for s in relay.live.current.sinks}
+    labels = {s.key: sink_label(relay.live.current, s) for s in relay.live.current.sinks}
     sinks = [{"key": dv.sink, "label": labels.get(dv.sink, f"{dv.sink} (no longer configured)"),
               "status": dv.status, "last_error": dv.last_error,
               "attempts": [{"at": t.at, "status_code": t.status_code, "error": t.error,

@@ -25,7 +25,9 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from pkrelay.config import Sink
+from receiver.auth_limit import FailedAuthLimit, client_address
 from receiver.dashboard import actions, pings, queries, session
+from receiver.headers import DASHBOARD_HEADERS, SecurityHeaders
 from receiver.relay import Relay
 from receiver.stream import open_stream
 
@@ -49,21 +51,21 @@ def _relay(request: Request[Any, Any, Any]) -> Relay:
     return relay
 
 
-def _session(request: Request[Any, Any, Any]) -> session.Session:
-    current = session.read(request)
+async def _session(request: Request[Any, Any, Any]) -> session.Session:
+    current = await session.read(request)
     if current is None:
         raise LoginRequired(request.url.path)
     return current
 
 
-async def _action(request: Request[Any, Any, Any]) -> tuple[Any, Sink | None]:
-    """The form of a POST from a live session with its CSRF token, and the sink it names."""
-    current = _session(request)
+async def _action(request: Request[Any, Any, Any]) -> tuple[Any, Sink | None, session.Session]:
+    """The form of a POST from a live session with its CSRF token, the sink it names, the session."""
+    current = await _session(request)
     form = await request.form()
     if not session.csrf_ok(request, current, form.get("csrf")):
         raise PermissionDeniedException("this action needs the form's CSRF token; reload the page and try again")
     sink = next((s for s in _relay(request).live.current.sinks if s.key == form.get("sink")), None)
-    return form, sink
+    return form, sink, current
 
 
 def _page(request: Request[Any, Any, Any], name: str, current: session.Session, **context: Any) -> Template:
@@ -79,7 +81,7 @@ def _safe_next(value: Any) -> str:
 @get("/login", include_in_schema=False)
 async def login_form(request: Request[Any, Any, Any],
                      next_path: Annotated[str, QueryParameter()] = "/") -> Template | Redirect:
-    if session.has_session(request):
+    if await session.has_session(request):
         return Redirect(_safe_next(next_path))
     return Template(template_name="login.html", context={"next": _safe_next(next_path), "error": None})
 
@@ -89,7 +91,15 @@ async def login(request: Request[Any, Any, Any]) -> Template | Redirect:
     form = await request.form()
     server = _relay(request).live.current.server
     target = _safe_next(form.get("next"))
+    limit: FailedAuthLimit = request.app.state.auth_limit
+    address = client_address(request)
+    wait = await limit.blocked(_relay(request).redis, address)
+    if wait is not None:  # the right token too: a guess is never confirmed while blocked
+        return Template(template_name="login.html", status_code=429, headers={"Retry-After": str(wait)},
+                        context={"next": target, "error": f"Too many failed logins from this address; "
+                                                          f"try again in {wait} seconds."})
     if not server.admin_token.matches(str(form.get("token") or "")):
+        await limit.failed(_relay(request).redis, address)
         return Template(template_name="login.html", status_code=401,
                         context={"next": target, "error": "That is not the admin token."})
     lifetime = request.app.state.dashboard.session_seconds
@@ -101,21 +111,22 @@ async def login(request: Request[Any, Any, Any]) -> Template | Redirect:
 
 @post("/logout", include_in_schema=False, status_code=303)
 async def logout(request: Request[Any, Any, Any]) -> Redirect:
-    await _action(request)
+    _, _, current = await _action(request)
+    await session.end(request, current)
     return Redirect("/login", cookies=[Cookie(key=session.COOKIE, value="", max_age=0, path="/", httponly=True)],
                     status_code=303)
 
 
 @get("/", include_in_schema=False)
 async def overview(request: Request[Any, Any, Any]) -> Template:
-    current = _session(request)
+    current = await _session(request)
     return _page(request, "overview.html", current, **await queries.overview(_relay(request)))
 
 
 @get("/events", include_in_schema=False)
 async def events(request: Request[Any, Any, Any], system: Annotated[str, QueryParameter()] = "",
                  event_type: Annotated[str, QueryParameter()] = "") -> Template:
-    current = _session(request)
+    current = await _session(request)
     relay = _relay(request)
     settings = relay.live.current
     names = {s.system_id: s.name for s in settings.systems if s.system_id}
@@ -133,7 +144,7 @@ async def live_events(request: Request[Any, Any, Any], system: Annotated[str, Qu
     no catch-all listener for named ones) and authorized by the session cookie. The
     page passes `after`, the newest event it was rendered with, so nothing logged in
     between is missed."""
-    if session.read(request) is None:
+    if await session.read(request) is None:
         raise NotAuthorizedException("the dashboard session has ended; log in again")
     return await open_stream(request, [system] if system else [], [event_type] if event_type else [], after,
                              named=False)
@@ -141,7 +152,7 @@ async def live_events(request: Request[Any, Any, Any], system: Annotated[str, Qu
 
 @get("/events/{event_id:str}", include_in_schema=False)
 async def event(request: Request[Any, Any, Any], event_id: Annotated[str, PathParameter()]) -> Template:
-    current = _session(request)
+    current = await _session(request)
     detail = await queries.event_detail(_relay(request), event_id)
     if detail is None:
         raise NotFoundException(f"no event {event_id[:64]!r} in the log")
@@ -151,14 +162,14 @@ async def event(request: Request[Any, Any, Any], event_id: Annotated[str, PathPa
 @get("/deliveries", include_in_schema=False)
 async def deliveries(request: Request[Any, Any, Any], replayed: Annotated[int | None, QueryParameter()] = None,
                      tested: Annotated[str | None, QueryParameter()] = None) -> Template:
-    current = _session(request)
+    current = await _session(request)
     return _page(request, "deliveries.html", current, sinks=await queries.problem_deliveries(_relay(request)),
                  replayed=replayed, tested=tested)
 
 
 @post("/deliveries/replay", include_in_schema=False, status_code=303)
 async def replay(request: Request[Any, Any, Any]) -> Redirect:
-    form, sink = await _action(request)
+    form, sink, _ = await _action(request)
     if sink is None:
         raise NotFoundException("no such sink")
     # One row's button, the ticked rows, or every dead letter of the sink.
@@ -170,7 +181,7 @@ async def replay(request: Request[Any, Any, Any]) -> Redirect:
 
 @post("/deliveries/test", include_in_schema=False, status_code=303)
 async def send_test(request: Request[Any, Any, Any]) -> Redirect:
-    _, sink = await _action(request)
+    _, sink, _ = await _action(request)
     if sink is None:
         raise NotFoundException("no such sink")
     event_id = await actions.send_test(_relay(request), sink)
@@ -179,7 +190,7 @@ async def send_test(request: Request[Any, Any, Any]) -> Redirect:
 
 @get("/connect", include_in_schema=False)
 async def connect(request: Request[Any, Any, Any]) -> Template:
-    current = _session(request)
+    current = await _session(request)
     relay = _relay(request)
     settings = relay.live.current
     recent = await pings.recent(relay.redis)  # verified ones only: a stranger cannot fill or fake it
@@ -220,4 +231,5 @@ dashboard_router = Router(
     ],
     guards=[dashboard_on],
     exception_handlers={LoginRequired: _to_login},
+    middleware=[SecurityHeaders(DASHBOARD_HEADERS)],
 )

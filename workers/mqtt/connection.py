@@ -40,8 +40,9 @@ class MqttUnavailable(Exception):
 class BrokerConnection:
     """One sink's broker connection in this process, with what it has retained."""
 
-    def __init__(self, sink: MqttSink, announce: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def __init__(self, sink: MqttSink, announce: Callable[[], Coroutine[Any, Any, None]], label: str) -> None:
         self._sink = sink
+        self.label = label  # logs name the sink by it, never by its key (a hash of its URL)
         self._announce = announce
         self._client: aiomqtt.Client | None = None
         self._up = asyncio.Event()
@@ -83,13 +84,13 @@ class BrokerConnection:
                     await client.publish(self.status_topic, b"online", qos=1, retain=True, timeout=TIMEOUT)
                     self._sent, self._client = {}, client
                     self._up.set()
-                    log.info("connected to MQTT sink %s", self._sink.key)
+                    log.info("connected to MQTT sink %s", self.label)
                     self._spawn(self._announce())
                     async for message in client.messages:
                         await self._received(client, message)
             except aiomqtt.MqttError as exc:
                 if not self._closing:
-                    log.warning("MQTT sink %s: %s", self._sink.key, exc)
+                    log.warning("MQTT sink %s: %s", self.label, exc)
             finally:
                 self._up.clear()
                 self._client = None
@@ -99,7 +100,7 @@ class BrokerConnection:
     async def _received(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
         if message.topic.matches(ha.BIRTH_TOPIC) and payload == b"online":
-            log.info("Home Assistant came online: announcing again on MQTT sink %s", self._sink.key)
+            log.info("Home Assistant came online: announcing again on MQTT sink %s", self.label)
             self._sent = {}
             self._spawn(self._announce())
         elif message.topic.matches(self.status_topic) and payload == b"offline" and not self._closing:

@@ -68,7 +68,7 @@ class FrontDebounce:
         try:
             await self._projection.publish_state(system_id, name, switched=True)
         except (MqttUnavailable, PluralKitError) as exc:  # the next connect publishes it
-            log.warning("MQTT sink %s: settled front of %s not published: %s", self._projection.sink.key, name, exc)
+            log.warning("MQTT sink %s: settled front of %s not published: %s", self._projection.label, name, exc)
 
     # -- a clean stop, in steps (`MqttEndpoint.close`) --------------------------------
 
@@ -88,4 +88,4 @@ class FrontDebounce:
             try:
                 await self._projection.publish_state(system_id, name, switched=True)
             except (MqttUnavailable, PluralKitError) as exc:
-                log.warning("MQTT sink %s: front of %s not published at stop: %s", sink_key, name, exc)
+                log.warning("MQTT sink %s: front of %s not published at stop: %s", self._projection.label, name, exc)

@@ -9,6 +9,7 @@ closed in the right order: what is still being waited out is published before
 from __future__ import annotations
 
 from pkrelay.config import MqttSink
+from pkrelay.labels import sink_label
 from workers.mqtt.connection import BrokerConnection
 from workers.mqtt.context import MqttResources
 from workers.mqtt.debounce import FrontDebounce
@@ -19,7 +20,7 @@ class MqttEndpoint:
     """One sink's connection in this process, with what it has published."""
 
     def __init__(self, sink: MqttSink, resources: MqttResources) -> None:
-        self.connection = BrokerConnection(sink, self.announce)
+        self.connection = BrokerConnection(sink, self.announce, sink_label(resources.settings, sink))
         self.projection = Projection(sink, self.connection, resources)
         self.debounce = FrontDebounce(self.projection, resources.redis)
 

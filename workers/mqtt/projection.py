@@ -19,6 +19,7 @@ import msgspec
 
 from pkrelay import keys
 from pkrelay.config import MqttSink, SystemConfig
+from pkrelay.labels import sink_label
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.store import state
 from pkrelay.store.state import Kind
@@ -46,6 +47,11 @@ class Projection:
         current = self.resources.settings.sink(self._sink.key)
         return current if isinstance(current, MqttSink) else self._sink
 
+    @property
+    def label(self) -> str:
+        """The sink's name in logs (`pkrelay.labels`)."""
+        return sink_label(self.resources.settings, self.sink)
+
     async def announce(self) -> None:
         """Discovery and state of every system this sink covers (on connect, on birth)."""
         sink = self.sink
@@ -57,9 +63,9 @@ class Projection:
                 if system_id:
                     await self.publish_state(system_id, configured.name)
             except (MqttUnavailable, PluralKitError) as exc:
-                log.warning("MQTT sink %s: state of %s not published: %s", sink.key, configured.name, exc)
+                log.warning("MQTT sink %s: state of %s not published: %s", self.label, configured.name, exc)
             except Exception:
-                log.exception("MQTT sink %s: state of %s not published", sink.key, configured.name)
+                log.exception("MQTT sink %s: state of %s not published", self.label, configured.name)
 
     async def short_id(self, system_id: str, name: str) -> str:
         """The system's 5- or 6-letter id, which its topics are named by."""
