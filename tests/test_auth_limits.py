@@ -15,9 +15,10 @@ from litestar.testing import AsyncTestClient
 from pkrelay import config
 from pkrelay.redis_server import EmbeddedRedis, free_port
 from pkrelay.store.deliveries import RetryPolicy
+from tests.deployment import deploy, webhook_sink
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
-from tests.harness import Deployment, write_config
+from tests.harness import Deployment
 from tests.sink_server import SinkServer
 from workers import metrics as worker_metrics
 
@@ -28,12 +29,9 @@ FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], fake: FakePluralKit,
-                      server: str = "", extra: str = "") -> Deployment:
-    text = f'\n[server]\nadmin_token = "{ADMIN}"\nstream_token = "{STREAM}"\n{server}' + extra
-    cfg = write_config(tmp_path / "pkrelay.toml", tmp_path / "data", [creds], extra=text, api_base_url=fake.base_url)
-    dep = Deployment(cfg, redis.url)
-    await dep.migrate()
-    return dep
+                      server: dict[str, object] | None = None, sinks: list[dict[str, object]] | None = None) -> Deployment:
+    return await deploy(tmp_path, redis, fake, [creds], sinks=sinks or [],
+                        server={"admin_token": ADMIN, "stream_token": STREAM, **(server or {})})
 
 
 async def _login(client: AsyncTestClient, token: str) -> httpx.Response:
@@ -83,7 +81,7 @@ async def test_the_limit_holds_in_memory_while_redis_is_down(
 async def test_the_eleventh_wrong_bearer_token_on_the_api_is_refused(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit
 ) -> None:
-    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, server=f'metrics_token = "{METRICS}"\n')
+    dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, server={"metrics_token": METRICS})
     async with AsyncTestClient(app=dep.app()) as client:
         assert (await client.get("/api/events")).status_code == 401  # no token: no guess, not counted
         wrong = [("/api/events", "a"), ("/api/systems", "b"), ("/metrics", "c"), ("/api/stream", "d")]
@@ -114,8 +112,7 @@ async def test_logout_ends_the_session_for_its_cookie_and_csrf_token(
     sink = SinkServer()
     sink.start()
     try:
-        extra = f'\n[[sinks]]\ntype = "webhook"\nurl = "{sink.url}"\n'
-        dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, extra=extra)
+        dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, sinks=[webhook_sink(sink.url)])
         async with AsyncTestClient(app=dep.app()) as client, AsyncTestClient(app=dep.app()) as replica:
             assert (await _login(client, ADMIN)).status_code == 303
             cookie = client.cookies["pkrelay_session"]
@@ -165,7 +162,7 @@ async def test_metrics_need_the_metrics_token_when_it_is_set(
 ) -> None:
     port = free_port()
     dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk,
-                            server=f'metrics_token = "{METRICS}"\nworker_metrics_port = {port}\n')
+                            server={"metrics_token": METRICS, "worker_metrics_port": port})
     async with AsyncTestClient(app=dep.app()) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {ADMIN}"}):
             answer = await client.get("/metrics", headers=headers)
@@ -205,9 +202,9 @@ async def test_metric_labels_never_show_anything_of_a_sink_url(
     second.start()
     try:
         url = f"{second.url}?webhook_id={hook_id}"
-        extra = (f'\n[[sinks]]\ntype = "webhook"\nurl = "{first.url}"\nname = "kitchen"\n'
-                 f'\n[[sinks]]\ntype = "webhook"\nurl = "{url}"\n' + ('name = "front-door"\n' if named else ""))
-        dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, extra=extra)
+        sinks = [webhook_sink(first.url, name="kitchen"),
+                 webhook_sink(url, **({"name": "front-door"} if named else {}))]
+        dep = await _deployment(tmp_path, redis_server, system_creds, fake_pk, sinks=sinks)
         async with AsyncTestClient(app=dep.app()) as client:
             token = system_creds["signing_token"]
             payload = body("UPDATE_MEMBER", token, system_creds["system_id"], MEMBER_ID, {"name": "Sam"})
