@@ -29,7 +29,8 @@ FAST = RetryPolicy(base=0.05, cap=0.2, window=3600)
 
 
 async def _deployment(tmp_path: Path, redis: EmbeddedRedis, creds: dict[str, str], fake: FakePluralKit,
-                      server: dict[str, object] | None = None, sinks: list[dict[str, object]] | None = None) -> Deployment:
+                      server: dict[str, object] | None = None,
+                      sinks: list[dict[str, object]] | None = None) -> Deployment:
     return await deploy(tmp_path, redis, fake, [creds], sinks=sinks or [],
                         server={"admin_token": ADMIN, "stream_token": STREAM, **(server or {})})
 
