@@ -29,6 +29,7 @@ from tests.sink_server import SinkServer
 from tests.waiting import wait_until
 
 ADMIN = "admin-token-for-the-security-tests-0123456789"
+METRICS = "metrics-token-for-the-security-tests-97531"
 
 
 @dataclass
@@ -75,7 +76,7 @@ def shared(tmp_path: Path, fake_pk: FakePluralKit) -> Iterator[Shared]:
     systems = [{"name": "alpha", "signing_token": alpha_token, "api_token": alpha.token, "mode": "webhook"},
                {"name": "beta", "signing_token": beta_token, "mode": "webhook"}]
     cfg = write_config(tmp_path / "pkrelay.toml", {
-        "systems": systems, "server": {"port": port, "admin_token": ADMIN},
+        "systems": systems, "server": {"port": port, "admin_token": ADMIN, "metrics_token": METRICS},
         "pluralkit": {"api_base_url": fake_pk.base_url},
         "sinks": [webhook_sink(alpha_sink.url, name="alpha-hook", systems=["alpha"]),
                   webhook_sink(beta_sink.url, name="beta-hook", systems=["beta"])]})
@@ -152,8 +153,62 @@ def test_wrong_token_pings_are_counted_not_listed(shared: Shared) -> None:
     assert asyncio.run(register())
     listed = [json.loads(p) for p in shared.redis.lrange("pkrelay:dashboard:pings", 0, -1)]
     assert [(p["system"], p["status"]) for p in listed] == [("alpha", 200)]
-    metrics = httpx.get(shared.url + "/metrics").text
+    metrics = httpx.get(shared.url + "/metrics", headers={"Authorization": f"Bearer {METRICS}"}).text
     refused = [line for line in metrics.splitlines()
                if line.startswith("pkrelay_events_received_total{") and 'type="PING"' in line
                and 'outcome="unauthorized"' in line]
     assert refused and float(refused[0].split()[-1]) >= 61  # the 60, and the bot's random-token PING
+
+
+def test_guessing_the_admin_token_is_stopped_after_ten_tries(shared: Shared) -> None:
+    with httpx.Client(base_url=shared.url) as client:
+        answers = [client.post("/login", data={"token": f"guess-{i}"}).status_code for i in range(10)]
+        assert 429 not in answers
+        for attempt in (client.post("/login", data={"token": "guess-10"}),
+                        client.post("/login", data={"token": ADMIN}),  # the right one is not confirmed either
+                        client.get("/api/events", headers={"Authorization": f"Bearer {ADMIN}"})):
+            assert attempt.status_code == 429
+            assert int(attempt.headers["retry-after"]) > 0
+            assert ADMIN not in attempt.text
+
+
+def test_a_logged_out_session_is_dead_on_the_server(shared: Shared) -> None:
+    with httpx.Client(base_url=shared.url) as client:
+        assert client.post("/login", data={"token": ADMIN}).status_code in (200, 303)
+        cookie = client.cookies["pkrelay_session"]
+        page = client.get("/deliveries").text
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        assert client.post("/logout", data={"csrf": csrf}).status_code in (200, 303)
+    with httpx.Client(base_url=shared.url, cookies={"pkrelay_session": cookie}, follow_redirects=True) as stolen:
+        assert "Log in" in stolen.get("/deliveries").text  # the old cookie is a stranger now
+        answer = stolen.post("/deliveries/test", data={"csrf": csrf, "sink": "alpha-hook"}, follow_redirects=False)
+        assert answer.status_code in (303, 401, 403) and "Log in" in stolen.get("/").text
+    time.sleep(0.5)  # a window for a test event that should not exist, not a wait for a condition
+    assert not shared.alpha_sink.received
+
+
+def test_pages_forbid_inline_scripts_framing_and_sniffing(shared: Shared) -> None:
+    for path in ("/login", "/static/dashboard.css"):
+        headers = httpx.get(shared.url + path).headers
+        policy = headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert "frame-ancestors 'self'" in policy
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_metrics_need_their_token_and_never_show_a_sink_url(shared: Shared) -> None:
+    assert httpx.get(shared.url + "/metrics").status_code == 401
+    assert httpx.get(shared.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 401
+    assert shared.send(body("UPDATE_SYSTEM", shared.alpha_token, shared.alpha.uuid, None, {"name": "x"})).status_code \
+        == 200
+    wait_until(lambda: shared.alpha_sink.received, 30, "alpha's event delivered")
+
+    def counted() -> str | None:
+        text = httpx.get(shared.url + "/metrics", headers={"Authorization": f"Bearer {METRICS}"}).text
+        return text if "pkrelay_deliveries_total{" in text else None
+
+    text = wait_until(counted, 30, "the delivery counted")
+    sinks = {line.split('sink="')[1].split('"')[0] for line in text.splitlines()
+             if line.startswith("pkrelay_deliveries_total{")}
+    assert sinks == {"alpha-hook"}
+    assert str(shared.alpha_sink.port) not in text and "127.0.0.1" not in text
