@@ -78,6 +78,9 @@ class ServerConfig(_Section):
     max_body_bytes: int = 262144
     admin_token: Secret = msgspec.field(default_factory=Secret)
     stream_token: Secret = msgspec.field(default_factory=Secret)  # read-only: /api/stream only
+    # At most this many /api/stream connections at once (the dashboard's live view
+    # included); one more gets 429 with Retry-After.
+    max_streams: Annotated[int, msgspec.Meta(ge=1)] = 200
     # Where each `pkrelay worker` serves its own /metrics when it runs apart from a
     # receiver (0: off). Under `pkrelay run` the receiver's /metrics includes the worker.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
