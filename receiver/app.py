@@ -14,17 +14,19 @@ from receiver.dashboard.session import DashboardSettings
 from receiver.dispatch import dispatch_handler
 from receiver.ops import healthz, prometheus, readyz
 from receiver.relay import Relay
-from receiver.stream import StreamSettings, event_stream
+from receiver.stream import StreamHub, StreamSettings, event_stream
 
 
 def create_app(live: LiveSettings, redis_url: str) -> Litestar:
     settings = live.current
     relay = Relay(live, redis_url)
+    streams = StreamHub(relay.engine)
     return Litestar(
         route_handlers=[dispatch_handler(settings.server.dispatch_path), healthz, readyz, prometheus, api_router,
                         event_stream, dashboard_router],
-        lifespan=[relay.lifespan],
-        state=State({"relay": relay, "stream": StreamSettings(), "dashboard": DashboardSettings()}),
+        lifespan=[relay.lifespan, streams.lifespan],  # the streams end before the engine goes
+        state=State({"relay": relay, "stream": StreamSettings(), "streams": streams,
+                     "dashboard": DashboardSettings()}),
         template_config=template_config,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(title="pkrelay", version=__version__, path="/schema"),

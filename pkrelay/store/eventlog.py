@@ -102,10 +102,11 @@ Position = tuple[datetime, str]
 
 
 class Logged(NamedTuple):
-    """An event and when it reached the log."""
+    """An event, when it reached the log, and the configured name of its system."""
 
     event: Event
     logged_at: datetime
+    system: str | None = None
 
     @property
     def position(self) -> Position:
@@ -129,7 +130,7 @@ async def logged_after(engine: AsyncEngine, position: Position, until: datetime 
         stmt = stmt.where(t.c.logged_at <= until)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt.limit(limit))).all()
-    return [Logged(row_to_event(r), r.logged_at) for r in rows]
+    return [Logged(row_to_event(r), r.logged_at, r.system) for r in rows]
 
 
 async def logged_ids(engine: AsyncEngine, since: datetime | None) -> dict[str, datetime]:
@@ -219,13 +220,13 @@ class Follower:
             self.newest = max(self.newest or row.logged_at, row.logged_at)
             if row.id not in self.seen:
                 self.seen[row.id] = row.logged_at
-                new.append(Logged(row_to_event(row), row.logged_at))
+                new.append(Logged(row_to_event(row), row.logged_at, row.system))
                 if not row.fresh:
                     late.append(row.id)  # read without its payload: it comes next
         if late:
             async with self.engine.connect() as conn:
                 full = {r.id: row_to_event(r) for r in (await conn.execute(sa.select(t).where(t.c.id.in_(late))))}
-            new = [Logged(full[item.event.id], item.logged_at) if item.event.id in full else item for item in new]
+            new = [item._replace(event=full.get(item.event.id, item.event)) for item in new]
         if self.newest:
             horizon = self.newest - FOLLOW_OVERLAP
             self.seen = {i: at for i, at in self.seen.items() if at >= horizon}
