@@ -122,15 +122,6 @@ class Subscriber:
         return ((not self.systems or system in self.systems or event.system_id in self.systems)
                 and (not self.types or event.type in self.types))
 
-    def take(self) -> list[Item]:
-        items = list(self.items)
-        self.items.clear()
-        self.wake.clear()
-        if self.skip:
-            items = [item for item in items if item.event.id not in self.skip]
-        return items
-
-
 class StreamHub:
     """Every stream of this process, and the one tail that reads the log for them all.
 
@@ -185,7 +176,7 @@ class StreamHub:
         subscriber.skip = {i: at for i, at in present.items() if i not in follower.seen}
 
     def forget_passed(self, subscriber: Subscriber) -> None:
-        """Drop the skipped ids the tail can no longer hand over (call right after `take`)."""
+        """Drop the skipped ids the tail can no longer hand over (call when the queue is empty)."""
         follower, horizon = self._follower, self.horizon
         if follower is not None:
             subscriber.skip = {i: at for i, at in subscriber.skip.items()
@@ -272,12 +263,16 @@ async def _messages(hub: StreamHub, subscriber: Subscriber, settings: StreamSett
                     yield ServerSentEventMessage(data=None, comment="keepalive")
                     last_comment = time.monotonic()
         while True:
-            items = subscriber.take()
+            # One at a time: what waits stays in the queue, where the tail sees how far
+            # behind this reader is.
+            while subscriber.items:
+                item = subscriber.items.popleft()
+                if item.event.id not in subscriber.skip:
+                    yield item.message(named)
+            subscriber.wake.clear()
             if subscriber.skip:
                 hub.forget_passed(subscriber)
-            for item in items:
-                yield item.message(named)
-            if subscriber.dropped and not subscriber.items:
+            if subscriber.dropped:
                 return  # behind, or the server stops: the client resumes with Last-Event-ID
             if time.monotonic() - last_comment >= settings.heartbeat:
                 yield ServerSentEventMessage(data=None, comment="keepalive")
