@@ -1,11 +1,16 @@
 """The database: tables, engine setup and migrations.
 
 SQLite by default (WAL and BEGIN IMMEDIATE: without them a second writer often gets
-"database is locked"), PostgreSQL through `database.url`. JSON columns hold msgspec-encoded documents.
+"database is locked"), PostgreSQL through `database.url`. An engine made with
+`deferred_reads` (the receiver's) begins IMMEDIATE only for `engine.begin()`: what it
+reads through `engine.connect()` begins DEFERRED, a WAL snapshot that takes no lock, so
+readers never wait for the workers' writes nor hold them up. JSON columns hold msgspec-encoded documents.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,21 +100,41 @@ def _json_dumps(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def create_engine(url: str) -> AsyncEngine:
+# The execution option `_ReadWriteEngine.begin` sets on the connections it writes through.
+_WRITES = "pkrelay_writes"
+
+
+class _ReadWriteEngine(AsyncEngine):
+    """An engine whose `begin()` marks its connection as a writer (BEGIN IMMEDIATE on
+    SQLite); a transaction autobegun on `connect()` is a reader (plain BEGIN)."""
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.connect() as conn:
+            await conn.execution_options(**{_WRITES: True})
+            async with conn.begin():
+                yield conn
+
+
+def create_engine(url: str, *, deferred_reads: bool = False) -> AsyncEngine:
+    """The engine for `url`. With `deferred_reads`, on SQLite, only `engine.begin()`
+    takes the write lock at once: reads go through `engine.connect()` and must not
+    write (a deferred transaction that starts writing fails under another writer)."""
+    kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": msgspec.json.decode}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url, json_serializer=_json_dumps, json_deserializer=msgspec.json.decode,
-            connect_args={"timeout": 30},
-        )
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
+        if deferred_reads:
+            event.listen(engine.sync_engine, "begin", _sqlite_begin_deferred_reads)
+            event.listen(engine.sync_engine, "before_cursor_execute", _sqlite_reader_must_not_write)
+            return _ReadWriteEngine(engine.sync_engine)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(
-        url, json_serializer=_json_dumps, json_deserializer=msgspec.json.decode, pool_pre_ping=True,
-    )
+    engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
+    return _ReadWriteEngine(engine.sync_engine) if deferred_reads else engine
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -126,6 +151,21 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # A read-then-write transaction that starts deferred fails at once with
     # "database is locked" under a second writer; IMMEDIATE waits its turn.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_begin_deferred_reads(conn: sa.Connection) -> None:
+    # A reader's plain BEGIN takes no lock until its first SELECT, and then only a
+    # WAL snapshot: it neither waits for a writer nor makes one wait.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITES) else "BEGIN")
+
+
+_WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _sqlite_reader_must_not_write(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+    if not conn.get_execution_options().get(_WRITES) and statement.lstrip()[:7].upper().startswith(_WRITE_VERBS):
+        raise sa.exc.InvalidRequestError("a write through engine.connect() of a deferred_reads engine: "
+                                         "write through engine.begin()")
 
 
 def insert_ignoring_duplicates(conn: AsyncConnection | sa.Connection, table: sa.Table) -> Any:

@@ -44,7 +44,9 @@ class Relay:
         self.redis = queue.connect(redis_url)
         self.batcher = Batcher(self.redis)
         self.pins = Pins(self.redis)
-        self.engine = db.create_engine(settings.database_url)
+        # Reads (API, dashboard, /api/stream, /readyz) take no write lock; writes
+        # (the dashboard's actions, through engine.begin()) still BEGIN IMMEDIATE.
+        self.engine = db.create_engine(settings.database_url, deferred_reads=True)
         self.spool = Spool(settings.data_path / "spool")
 
     async def store(self, event_id: str, system: str, payload: bytes) -> Outcome:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,16 +16,18 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from sqlalchemy import event as sa_event
 
 from pkrelay import db
 from pkrelay.envelope import new_event_id
 from pkrelay.redis_server import EmbeddedRedis, free_port
-from receiver.stream import StreamSettings
+from receiver.stream_hub import StreamSettings
 from tests.deployment import deploy
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment
 from tests.servers import ThreadedServer
+from tests.waiting import until
 
 ADMIN = "admin-token-for-tests-0123456789"
 STREAM = "stream-token-for-tests-987654321"
@@ -119,10 +123,10 @@ class Stream:
                 else:
                     setattr(message, name, value)
 
-    async def events(self, count: int) -> list[Message]:
+    async def events(self, count: int, timeout: float = 10) -> list[Message]:
         got: list[Message] = []
         while len(got) < count:
-            message = await self.next()
+            message = await self.next(timeout)
             if message.comment is None:
                 got.append(message)
         return got
@@ -293,3 +297,164 @@ async def test_an_event_committed_after_later_ones_is_still_sent_once(served: Se
             assert await live.until_quiet(done) == []
     finally:
         await engine.dispose()
+
+
+# --- one shared tail, bounded streams, readers without the write lock ---------------
+
+
+async def _log(url: str, count: int, *, pad: int = 0) -> list[str]:
+    """`count` events logged in one transaction, as a worker logs a batch (one logged_at)."""
+    engine = db.create_engine(url)
+    now = datetime.now(UTC)
+    ids = [new_event_id() for _ in range(count)]
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(db.events.insert(), [
+                {"id": i, "type": "UPDATE_SYSTEM", "source": "dispatch", "system": "home", "system_id": None,
+                 "entity_id": None, "received_at": now, "data": {"pad": "x" * pad}, "entity": None,
+                 "previous": None, "logged_at": now} for i in ids])
+    finally:
+        await engine.dispose()
+    return ids
+
+
+def _url(served: Served) -> str:
+    return served.dep.live().current.database_url
+
+
+async def _log_order(served: Served) -> list[str]:
+    return [r.id for r in sorted(await served.dep.logged(), key=lambda r: (r.logged_at, r.id))]
+
+
+async def test_fifty_streams_cost_one_log_read_per_poll_interval_and_no_write_lock(served: Served) -> None:
+    engine = served.app.state.relay.engine
+    statements: list[tuple[float, str]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append((time.monotonic(), " ".join(statement.split())))
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with AsyncExitStack() as stack:
+            streams = [await stack.enter_async_context(stream(served)) for _ in range(50)]
+            start = time.monotonic()
+            logged: list[str] = []
+            for _ in range(3):
+                writing = time.monotonic()
+                logged += await _log(_url(served), 1)
+                assert time.monotonic() - writing < 5  # 50 streams connected do not hold a writer up
+            got = [await s.events(3) for s in streams]
+            await asyncio.sleep(1)
+            end = time.monotonic()
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert all(_ids(g) == logged for g in got)
+    window = [s for at, s in statements if start <= at <= end]
+    reads = [s for s in window if s.startswith("SELECT") and "FROM events" in s]
+    intervals = (end - start) / FAST.poll_interval
+    assert 5 <= len(reads) <= intervals + 1, (len(reads), intervals)
+    assert not [s for _, s in statements if "IMMEDIATE" in s]
+
+
+async def test_a_stream_is_served_while_another_connection_holds_the_write_lock(served: Served) -> None:
+    [first] = await _log(_url(served), 1)
+    async with stream(served) as live:
+        [second] = await _log(_url(served), 1)
+        writer = sqlite3.connect(_url(served).split(":///", 1)[1], isolation_level=None, timeout=1)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            assert _ids(await live.events(1, timeout=5)) == [second]
+            async with stream(served, headers={"Last-Event-ID": first}) as resumed:
+                assert _ids(await resumed.events(1, timeout=5)) == [second]
+            async with httpx.AsyncClient(timeout=5) as client:
+                answer = await client.get(served.url + "/api/events", headers={"Authorization": f"Bearer {ADMIN}"})
+                assert answer.status_code == 200 and {e["id"] for e in answer.json()} == {first, second}
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+
+
+async def test_streams_beyond_max_streams_get_429_until_one_leaves(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
+) -> None:
+    async with serve(tmp_path, redis_server, system_creds, fake_pk, server={"max_streams": 3}) as s:
+        async with AsyncExitStack() as stack:
+            held = [await stack.enter_async_context(stream(s)) for _ in range(3)]
+            async with httpx.AsyncClient(timeout=5) as client:
+                answer = await client.get(s.url + "/api/stream", headers={"Authorization": f"Bearer {ADMIN}"})
+            assert answer.status_code == 429 and int(answer.headers["retry-after"]) > 0
+            assert "max_streams" in answer.json()["detail"]
+            await held[0].close()
+            await stack.aclose()  # every one leaves: the tail stops; a new one starts it again
+
+            async def accepted() -> bool:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    async with client.stream("GET", s.url + "/api/stream",
+                                             headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+                        return response.status_code == 200
+            await until(accepted, 10, "a stream accepted again")
+        async with AsyncExitStack() as stack:
+            again = [await stack.enter_async_context(stream(s)) for _ in range(3)]
+            logged = await _log(_url(s), 2)
+            assert all([_ids(await a.events(2)) == logged for a in again])
+
+
+async def test_a_reader_that_falls_behind_is_disconnected_without_delaying_the_others(served: Served) -> None:
+    served.app.state.stream = StreamSettings(poll_interval=0.05, heartbeat=0.3, settle=0.1, queue_size=50)
+    hub = served.app.state.streams
+    port = int(served.url.rsplit(":", 1)[1])
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", port))
+    slow.sendall(f"GET /api/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n".encode())
+    await until(lambda: hub.slots == 1, 10, "the slow reader connected")
+    async with stream(served) as fast, stream(served, token=STREAM) as other:
+        logged = await _log(_url(served), 600, pad=8000)  # more than the slow reader's buffers hold
+        started = time.monotonic()
+        got_fast, got_other = await fast.events(600), await other.events(600)
+        assert time.monotonic() - started < 10
+        last = await _log(_url(served), 1)  # the slow reader is 50 behind when this is handed out
+        assert _ids(await fast.events(1)) == _ids(await other.events(1)) == last
+        await until(lambda: hub.dropped == 1, 10, "the slow reader dropped")
+    assert _ids(got_fast) == _ids(got_other) == logged
+
+    def read_to_the_end() -> bytes:
+        slow.settimeout(20)
+        chunks = []
+        while chunk := slow.recv(65536):
+            chunks.append(chunk)
+            if b"\r\n0\r\n\r\n" in chunks[-1][-16:] or b"".join(chunks[-2:]).endswith(b"\r\n0\r\n\r\n"):
+                break
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.to_thread(read_to_the_end)
+    finally:
+        slow.close()
+    assert raw.endswith(b"0\r\n\r\n")  # the server ended the stream
+    sent = [line[4:].decode() for line in raw.split(b"\r\n") if line.startswith(b"id: ")]
+    assert sent == logged[:len(sent)] and len(sent) < len(logged)  # what it got: resumable from its last id
+    await until(lambda: hub.slots == 0, 10, "every slot free")
+
+
+async def test_resuming_while_events_are_logged_loses_and_repeats_nothing(served: Served) -> None:
+    served.app.state.stream = StreamSettings(poll_interval=0.05, heartbeat=0.3, settle=0.1, catch_up_page=7)
+    async with stream(served):  # the tail runs before, during and after the resume
+        for _ in range(12):
+            await _log(_url(served), 5)
+        order = await _log_order(served)
+        resume = order[19]
+
+        async def keep_logging() -> None:
+            for _ in range(30):
+                await _log(_url(served), 2)
+                await asyncio.sleep(0.01)
+
+        logger = asyncio.create_task(keep_logging())
+        async with stream(served, headers={"Last-Event-ID": resume}) as resumed:
+            await logger
+            done = time.monotonic()
+            rest = await resumed.until_quiet(done)
+    order = await _log_order(served)
+    assert len(order) == 120
+    assert _ids(rest) == order[20:]

@@ -70,6 +70,9 @@ class ServerConfig(_Section):
     max_body_bytes: int = 262144
     admin_token: Secret = msgspec.field(default_factory=Secret)
     stream_token: Secret = msgspec.field(default_factory=Secret)  # read-only: /api/stream only
+    # At most this many /api/stream connections at once (the dashboard's live view
+    # included); one more gets 429 with Retry-After.
+    max_streams: Annotated[int, msgspec.Meta(ge=1)] = 200
     # When set, GET /metrics (the receiver's and each worker's) needs it as Bearer; empty: open.
     metrics_token: Secret = msgspec.field(default_factory=Secret)
     # Where each `pkrelay worker` serves its own /metrics when it runs apart from a

@@ -6,7 +6,7 @@ import asyncio
 import difflib
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -98,20 +98,52 @@ async def missing_ids(engine: AsyncEngine, event_ids: list[str]) -> list[str]:
 
 # Longer than any transaction that logs events takes between stamping and committing.
 FOLLOW_OVERLAP = timedelta(seconds=30)
+Position = tuple[datetime, str]
 
 
-async def _logged_since(engine: AsyncEngine, since: datetime | None, system: str | None,
-                        event_type: str | None) -> list[tuple[Event, datetime]]:
+class Logged(NamedTuple):
+    """An event, when it reached the log, and the configured name of its system."""
+
+    event: Event
+    logged_at: datetime
+    system: str | None = None
+
+    @property
+    def position(self) -> Position:
+        return self.logged_at, self.event.id
+
+
+def _logged(stmt: sa.Select[Any]) -> sa.Select[Any]:
     t = db.events
-    stmt = matching(sa.select(t), system, event_type).where(t.c.logged_at.is_not(None))
+    return stmt.where(t.c.logged_at.is_not(None)).order_by(t.c.logged_at, t.c.id)
+
+
+async def logged_after(engine: AsyncEngine, position: Position, until: datetime | None,
+                       limit: int) -> list[Logged]:
+    """At most `limit` events after `position` in log order, logged by `until`: one
+    page of a reader catching up."""
+    t = db.events
+    at, event_id = position
+    stmt = _logged(sa.select(t)).where(
+        sa.or_(t.c.logged_at > at, sa.and_(t.c.logged_at == at, t.c.id > event_id)))
+    if until is not None:
+        stmt = stmt.where(t.c.logged_at <= until)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt.limit(limit))).all()
+    return [Logged(row_to_event(r), r.logged_at, r.system) for r in rows]
+
+
+async def logged_ids(engine: AsyncEngine, since: datetime | None) -> dict[str, datetime]:
+    """The ids logged at or after `since` (all when None), with their log times: no payloads."""
+    t = db.events
+    stmt = _logged(sa.select(t.c.id, t.c.logged_at))
     if since is not None:
         stmt = stmt.where(t.c.logged_at >= since)
     async with engine.connect() as conn:
-        rows = (await conn.execute(stmt.order_by(t.c.logged_at, t.c.id))).all()
-    return [(row_to_event(r), r.logged_at) for r in rows]
+        return {r.id: r.logged_at for r in (await conn.execute(stmt)).all()}
 
 
-async def logged_position(engine: AsyncEngine, event_id: str) -> tuple[datetime, str] | None:
+async def logged_position(engine: AsyncEngine, event_id: str) -> Position | None:
     """Where an event sits in log order, (logged_at, id): the point a stream resumes after.
     None for an id the log does not hold (or an event not logged yet)."""
     t = db.events
@@ -129,40 +161,75 @@ async def latest_system_id(conn: AsyncConnection, system: str) -> str | None:
 
 
 class Follower:
-    """Events as they reach the log, each once.
+    """Events as they reach the log, each once: `pkrelay events --follow` and the
+    receiver's one shared tail behind every /api/stream.
 
     Not by id: ids sort by arrival at the receiver, and an event whose enrichment
     waited (API down, rate limit) is logged after later ones. We read by the time each
-    row was logged, re-reading an overlap so that rows committed late are not missed,
-    and skip the ids already seen. `start` marks what is in the log now as seen.
+    row was logged, in (logged_at, id) order, re-reading an overlap (FOLLOW_OVERLAP) so
+    that rows committed late are not missed, and skip the ids already seen. A row is
+    read only once it is `settle` seconds old, so that one transaction which stamped its
+    rows before another's but committed after still lands in order. `start` marks what
+    is in the log now as seen.
+
+    One statement per `read`: the overlap's rows come back without their payloads
+    (those were read before); only a row committed late, behind the newest, costs a
+    second statement for its own.
     """
 
-    def __init__(self, engine: AsyncEngine, system: str | None, event_type: str | None) -> None:
+    def __init__(self, engine: AsyncEngine, system: str | None = None, event_type: str | None = None,
+                 settle: float = 0.0) -> None:
         self.engine, self.system, self.event_type = engine, system, event_type
+        self.settle = timedelta(seconds=settle)
         self.seen: dict[str, datetime] = {}
         self.newest: datetime | None = None
+
+    @property
+    def horizon(self) -> datetime | None:
+        """The oldest log time a later `read` looks at: what is older never comes again."""
+        return self.newest - FOLLOW_OVERLAP if self.newest else None
 
     async def start(self) -> None:
         async with self.engine.connect() as conn:
             newest = (await conn.execute(sa.select(sa.func.max(db.events.c.logged_at)))).scalar()
         if newest is not None:
             self.newest = newest
-            await self.read()
+            self.seen = await logged_ids(self.engine, self.horizon)
 
     def mark(self, events: list[Event]) -> None:
         for event in events:
             self.seen.setdefault(event.id, self.newest or datetime.now(UTC))
 
-    async def read(self) -> list[Event]:
-        since = self.newest - FOLLOW_OVERLAP if self.newest else None
-        new = []
-        for event, logged_at in await _logged_since(self.engine, since, self.system, self.event_type):
-            self.newest = max(self.newest or logged_at, logged_at)
-            if event.id not in self.seen:
-                self.seen[event.id] = logged_at
-                new.append(event)
+    async def read(self) -> list[Logged]:
+        """The rows not seen yet, in (logged_at, id) order."""
+        t = db.events
+        since = self.horizon
+        fresh = sa.true() if self.newest is None else t.c.logged_at >= self.newest
+        heavy = [sa.case((fresh, c), else_=sa.null()).label(c.name) for c in (t.c.data, t.c.entity, t.c.previous)]
+        stmt = matching(_logged(sa.select(*(c for c in t.c if c not in (t.c.data, t.c.entity, t.c.previous)),
+                                          *heavy, fresh.label("fresh"))), self.system, self.event_type)
+        if since is not None:
+            stmt = stmt.where(t.c.logged_at >= since)
+        if self.settle:
+            stmt = stmt.where(t.c.logged_at <= datetime.now(UTC) - self.settle)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        new: list[Logged] = []
+        late: list[str] = []
+        for row in rows:
+            self.newest = max(self.newest or row.logged_at, row.logged_at)
+            if row.id not in self.seen:
+                self.seen[row.id] = row.logged_at
+                new.append(Logged(row_to_event(row), row.logged_at, row.system))
+                if not row.fresh:
+                    late.append(row.id)  # read without its payload: it comes next
+        if late:
+            async with self.engine.connect() as conn:
+                full = {r.id: row_to_event(r) for r in (await conn.execute(sa.select(t).where(t.c.id.in_(late))))}
+            new = [item._replace(event=full.get(item.event.id, item.event)) for item in new]
         if self.newest:
-            self.seen = {i: at for i, at in self.seen.items() if at >= self.newest - FOLLOW_OVERLAP}
+            horizon = self.newest - FOLLOW_OVERLAP
+            self.seen = {i: at for i, at in self.seen.items() if at >= horizon}
         return new
 
 
@@ -186,6 +253,6 @@ async def print_events(settings: Settings, *, follow: bool, system: str | None, 
                 return 0
             follower.mark(batch)
             await asyncio.sleep(1)
-            batch = await follower.read()
+            batch = [logged.event for logged in await follower.read()]
     finally:
         await engine.dispose()
