@@ -9,6 +9,7 @@ names the answer it must get.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -30,6 +31,8 @@ from tests.waiting import wait_until
 
 ADMIN = "admin-token-for-the-security-tests-0123456789"
 METRICS = "metrics-token-for-the-security-tests-97531"
+STREAM = "stream-token-for-the-security-tests-86420"
+MAX_STREAMS = 3
 
 
 @dataclass
@@ -76,7 +79,8 @@ def shared(tmp_path: Path, fake_pk: FakePluralKit) -> Iterator[Shared]:
     systems = [{"name": "alpha", "signing_token": alpha_token, "api_token": alpha.token, "mode": "webhook"},
                {"name": "beta", "signing_token": beta_token, "mode": "webhook"}]
     cfg = write_config(tmp_path / "pkrelay.toml", {
-        "systems": systems, "server": {"port": port, "admin_token": ADMIN, "metrics_token": METRICS},
+        "systems": systems, "server": {"port": port, "admin_token": ADMIN, "metrics_token": METRICS, "stream_token": STREAM,
+                   "max_streams": MAX_STREAMS},
         "pluralkit": {"api_base_url": fake_pk.base_url},
         "sinks": [webhook_sink(alpha_sink.url, name="alpha-hook", systems=["alpha"]),
                   webhook_sink(beta_sink.url, name="beta-hook", systems=["beta"])]})
@@ -212,3 +216,26 @@ def test_metrics_need_their_token_and_never_show_a_sink_url(shared: Shared) -> N
              if line.startswith("pkrelay_deliveries_total{")}
     assert sinks == {"alpha-hook"}
     assert str(shared.alpha_sink.port) not in text and "127.0.0.1" not in text
+
+
+def test_a_stream_reader_cannot_hold_more_than_max_streams(shared: Shared) -> None:
+    headers = {"Authorization": f"Bearer {STREAM}"}
+    with contextlib.ExitStack() as streams, httpx.Client(base_url=shared.url, timeout=10) as client:
+        for _ in range(MAX_STREAMS):
+            opened = streams.enter_context(client.stream("GET", "/api/stream", headers=headers))
+            assert opened.status_code == 200
+        refused = client.get("/api/stream", headers=headers)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        # the read-only token opens nothing else
+        assert client.get("/api/events", headers=headers).status_code == 401
+        # ...and the streams still get what is logged
+        assert shared.send(body("UPDATE_SYSTEM", shared.alpha_token, shared.alpha.uuid, None, {"name": "y"})) \
+            .status_code == 200
+        wait_until(lambda: shared.alpha_sink.received, 30, "alpha's event delivered")
+
+    def accepted() -> bool:
+        with httpx.Client(base_url=shared.url, timeout=10) as client, \
+                client.stream("GET", "/api/stream", headers=headers) as again:
+            return again.status_code == 200
+
+    wait_until(accepted, 30, "a stream accepted once those readers left")
