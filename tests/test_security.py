@@ -79,7 +79,8 @@ def shared(tmp_path: Path, fake_pk: FakePluralKit) -> Iterator[Shared]:
     systems = [{"name": "alpha", "signing_token": alpha_token, "api_token": alpha.token, "mode": "webhook"},
                {"name": "beta", "signing_token": beta_token, "mode": "webhook"}]
     cfg = write_config(tmp_path / "pkrelay.toml", {
-        "systems": systems, "server": {"port": port, "admin_token": ADMIN, "metrics_token": METRICS, "stream_token": STREAM,
+        "systems": systems,
+        "server": {"port": port, "admin_token": ADMIN, "metrics_token": METRICS, "stream_token": STREAM,
                    "max_streams": MAX_STREAMS},
         "pluralkit": {"api_base_url": fake_pk.base_url},
         "sinks": [webhook_sink(alpha_sink.url, name="alpha-hook", systems=["alpha"]),
