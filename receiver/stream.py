@@ -51,9 +51,10 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from pkrelay.store import eventlog
 from pkrelay.store.eventlog import Position
 from receiver.relay import Relay
-from receiver.stream_hub import Item, StreamHub, StreamSettings, Subscriber
+from receiver.stream_hub import Item, Joined, StreamHub, StreamSettings, Subscriber
 
 log = logging.getLogger("pkrelay.stream")
+WRITE_BATCH = 64  # events a stream sends in one write, at most
 
 
 async def _catch_up(hub: StreamHub, subscriber: Subscriber, settings: StreamSettings, after: Position,
@@ -89,12 +90,16 @@ async def _messages(hub: StreamHub, subscriber: Subscriber, settings: StreamSett
                     yield ServerSentEventMessage(data=None, comment="keepalive")
                     last_comment = time.monotonic()
         while True:
-            # One at a time: what waits stays in the queue, where the tail sees how far
-            # behind this reader is.
+            # A few at a time, in one write: what waits stays in the queue, where the tail
+            # sees how far behind this reader is.
             while subscriber.items:
-                item = subscriber.items.popleft()
-                if item.event.id not in subscriber.skip:
-                    yield item.message(named)
+                batch: list[ServerSentEventMessage] = []
+                while subscriber.items and len(batch) < WRITE_BATCH:
+                    item = subscriber.items.popleft()
+                    if item.event.id not in subscriber.skip:
+                        batch.append(item.message(named))
+                if batch:
+                    yield batch[0] if len(batch) == 1 else Joined(batch)
             subscriber.wake.clear()
             if subscriber.skip:
                 hub.forget_passed(subscriber)

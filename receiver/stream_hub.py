@@ -56,6 +56,18 @@ class _Shared(ServerSentEventMessage):
         return self._bytes
 
 
+class Joined(ServerSentEventMessage):
+    """Several messages sent in one write: a reader with a queue sends it at once, not
+    one ASGI message (and one socket write) per event."""
+
+    def __init__(self, messages: list[ServerSentEventMessage]) -> None:
+        super().__init__(data=None)
+        self._bytes = b"".join(m.encode() for m in messages)
+
+    def encode(self) -> bytes:
+        return self._bytes
+
+
 class Item:
     """One logged event as the streams send it: its envelope JSON encoded once, on demand."""
 

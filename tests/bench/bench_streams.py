@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -35,6 +36,7 @@ from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import HEADERS, body, new_token
 from tests.servers import pkrelay_run
 from tests.sink_server import SinkServer
+from tests.waiting import wait_until
 
 BURST = int(os.environ.get("BENCH_BURST", "500"))
 COUNTS = [int(n) for n in os.environ.get("BENCH_STREAMS", "0,50,200").split(",")]
@@ -42,52 +44,62 @@ ADMIN = "bench-admin-token-0123456789abcdef"
 
 
 class Streams:
-    """`count` SSE connections read on their own event loop in a thread; each counts the
-    events it gets and notes when the last one of the burst came."""
+    """`count` SSE connections read in a process of their own (so the readers never hold
+    up the POSTs or the sink, which share this process's interpreter lock); each counts
+    the events it gets and notes (perf_counter, the same clock system-wide) when the
+    last one came."""
 
     def __init__(self, url: str, count: int) -> None:
         self.url, self.count = url, count
-        self.got = [0] * count
-        self.last = [0.0] * count
-        self.connected = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.tasks: list[asyncio.Future[None]] = []
+        self._got = multiprocessing.Array("i", max(count, 1))
+        self._last = multiprocessing.Array("d", max(count, 1))
+        self._connected = multiprocessing.Value("i", 0)
+        self._stop = multiprocessing.Event()
+        self._process = multiprocessing.Process(target=_read_all, daemon=True, args=(
+            url, count, self._got, self._last, self._connected, self._stop))
 
-    async def _read(self, session: aiohttp.ClientSession, i: int) -> None:
-        async with session.get(self.url, headers={"Authorization": f"Bearer {ADMIN}"},
-                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
-            assert response.status == 200, response.status
-            self.connected += 1
-            async for line in response.content:
-                if line.startswith(b"id:"):
-                    self.got[i] += 1
-                    self.last[i] = time.perf_counter()
+    @property
+    def got(self) -> list[int]:
+        return list(self._got[:self.count])
 
-    async def _open(self) -> None:
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.tasks = [asyncio.ensure_future(self._read(self.session, i)) for i in range(self.count)]
-
-    async def _close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.session.close()
+    @property
+    def last(self) -> list[float]:
+        return list(self._last[:self.count])
 
     def __enter__(self) -> Streams:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._open(), self.loop).result()
-        deadline = time.monotonic() + 30
-        while self.connected < self.count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {self.connected} of {self.count} streams connected")
-            time.sleep(0.05)
+        if self.count:
+            self._process.start()
+            wait_until(lambda: self._connected.value >= self.count, 30, f"{self.count} streams connected",
+                       seen=lambda: self._connected.value, interval=0.05)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        if self.count:
+            self._stop.set()
+            self._process.join(10)
+
+
+def _read_all(url: str, count: int, got: Any, last: Any, connected: Any, stop: Any) -> None:
+    async def read(session: aiohttp.ClientSession, i: int) -> None:
+        async with session.get(url, headers={"Authorization": f"Bearer {ADMIN}"},
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
+            assert response.status == 200, response.status
+            with connected.get_lock():
+                connected.value += 1
+            async for line in response.content:
+                if line.startswith(b"id:"):
+                    got[i] += 1
+                    last[i] = time.perf_counter()
+
+    async def main() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            tasks = [asyncio.ensure_future(read(session, i)) for i in range(count)]
+            await asyncio.to_thread(stop.wait)  # a process-wide event: waited on in a thread
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
 
 
 def main() -> None:
@@ -114,6 +126,7 @@ def main() -> None:
             with Streams(base + "/api/stream", count) as streams:
                 time.sleep(1)  # the streams settle into their idle polling
                 before, seen_before = sample(root), len(sink.received)
+                generator = psutil.Process().cpu_times()
                 start = time.perf_counter()
                 for content in bodies:
                     assert client.post("/dispatch", content=content, headers=HEADERS).status_code == 200
@@ -128,6 +141,8 @@ def main() -> None:
                 while min(streams.got, default=BURST) < BURST and time.perf_counter() < deadline:
                     time.sleep(0.05)
                 after = sample(root)
+                used = psutil.Process().cpu_times()
+                busy = (used.user + used.system - generator.user - generator.system) / (time.perf_counter() - start)
                 streamed = max(streams.last, default=start)
                 complete = sum(g == BURST for g in streams.got)
             took = delivered - start
@@ -139,7 +154,8 @@ def main() -> None:
             if count:
                 line += f", on all {complete}/{count} streams after {streamed - start:.2f} s"
             line += (f"; CPU per event: receiver {cpu['serve'] / BURST * 1000:.2f} ms, "
-                     f"worker {cpu['worker'] / BURST * 1000:.2f} ms")
+                     f"worker {cpu['worker'] / BURST * 1000:.2f} ms; this process (client and sink) "
+                     f"{busy:.0%} of a core{' (the generator may be the limit)' if busy > 0.8 else ''}")
             print(line, flush=True)
             lines.append(line)
     sink.stop()
