@@ -73,3 +73,24 @@ async def test_retention_prunes_only_old_events(
         assert [r.id for r in (await conn.execute(db.events.select())).all()] == [ids["recent"]]
         assert [r.event_id for r in (await conn.execute(db.deliveries.select())).all()] == [ids["recent"]]
     await engine.dispose()
+
+
+async def test_systems_api_shows_each_systems_pinned_uuid_and_dispatch_url(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit
+) -> None:
+    unpinned = {"name": "guest house", "signing_token": "g" * 64, "mode": "webhook"}
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds, unpinned],
+                       server={"admin_token": ADMIN, "public_url": "https://relay.example.org/dispatch"})
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    guest = fake_pk.add_system("Guest")
+    async with AsyncTestClient(app=dep.app()) as client:
+        before = {s["name"]: s for s in (await client.get("/api/systems", headers=auth)).json()}
+        assert before["guest house"]["system_id"] is None
+        assert before["home"]["system_id"] == system_creds["system_id"]
+        assert before["home"]["dispatch_url"] == "https://relay.example.org/dispatch/home"
+        assert before["guest house"]["dispatch_url"] == "https://relay.example.org/dispatch/guest%20house"
+        # its first verified dispatch, on its own URL, pins it
+        ping = body("PING", unpinned["signing_token"], guest.uuid, ping=True)
+        assert (await FakeDispatcher(client, "/dispatch/guest%20house").send(ping)).status_code == 200
+        after = {s["name"]: s for s in (await client.get("/api/systems", headers=auth)).json()}
+        assert after["guest house"]["system_id"] == guest.uuid

@@ -7,11 +7,12 @@ reads every event, as an integration would), posts a burst of dispatches
 (CREATE_MESSAGE: no API call, the pipeline's own cost) and waits for every event at the
 sink and on every stream.
 
-    python -m tests.bench.bench_streams            # BENCH_BURST=500 BENCH_STREAMS=0,50,200
+    python -m tests.bench.bench_streams   # BENCH_BURST=500 BENCH_STREAMS=0,50,200 BENCH_ROUNDS=3
 
-Prints one line per count: the time from the first POST to the last delivery at the
-sink, its ratio to the 0-stream run, when the streams had every event, and the CPU the
-receiver (`pkrelay serve`) and the worker spent per event.
+Prints one line per burst: the time from the first POST to the last delivery at the
+sink, when the streams had every event, and the CPU the
+receiver (`pkrelay serve`) and the worker spent per event; then the median per count
+and its ratio to the first count's (0 streams).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +42,9 @@ from tests.waiting import wait_until
 
 BURST = int(os.environ.get("BENCH_BURST", "500"))
 COUNTS = [int(n) for n in os.environ.get("BENCH_STREAMS", "0,50,200").split(",")]
+# The counts run in turn this many times (0, 50, 200, 0, 50, 200, ...): one burst on a
+# shared machine is noisy, the median of interleaved rounds much less so.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 ADMIN = "bench-admin-token-0123456789abcdef"
 
 
@@ -116,11 +121,10 @@ def main() -> None:
         "server": {"port": port, "admin_token": ADMIN}, "pluralkit": {"api_base_url": fake.base_url},
         "sinks": [webhook_sink(sink.url)]})
     base = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    baseline = 0.0
+    took_by_count: dict[int, list[float]] = {count: [] for count in COUNTS}
     with pkrelay_run(cfg, port) as proc, httpx.Client(base_url=base) as client:
         root = psutil.Process(proc.pid)
-        for run, count in enumerate(COUNTS):
+        for run, count in enumerate(COUNTS * ROUNDS):
             names = {f"r{run}-{i}" for i in range(BURST)}
             bodies = [body("CREATE_MESSAGE", token, system.uuid, None, {**MESSAGE, "id": name}) for name in names]
             with Streams(base + "/api/stream", count) as streams:
@@ -146,20 +150,23 @@ def main() -> None:
                 streamed = max(streams.last, default=start)
                 complete = sum(g == BURST for g in streams.got)
             took = delivered - start
-            baseline = baseline or took
+            took_by_count[count].append(took)
             cpu = {role: sum(v[1] - before.get(k, (0, 0))[1] for k, v in after.items() if k.startswith(role + ":"))
                    for role in ("serve", "worker")}
             line = (f"{count:3d} streams: burst of {BURST} posted in {posted - start:.2f} s, delivered to the sink "
-                    f"after {took:.2f} s ({took / baseline:.2f}x the 0-stream run)")
+                    f"after {took:.2f} s")
             if count:
                 line += f", on all {complete}/{count} streams after {streamed - start:.2f} s"
             line += (f"; CPU per event: receiver {cpu['serve'] / BURST * 1000:.2f} ms, "
                      f"worker {cpu['worker'] / BURST * 1000:.2f} ms; this process (client and sink) "
                      f"{busy:.0%} of a core{' (the generator may be the limit)' if busy > 0.8 else ''}")
             print(line, flush=True)
-            lines.append(line)
     sink.stop()
     fake.stop()
+    medians = {count: statistics.median(took) for count, took in took_by_count.items()}
+    base = medians[COUNTS[0]]
+    print(f"median of {ROUNDS} rounds, burst to sink: " + ", ".join(
+        f"{count} streams {m:.2f} s ({m / base:.2f}x)" for count, m in medians.items()), flush=True)
 
 
 if __name__ == "__main__":
