@@ -14,12 +14,14 @@ from pkrelay.envelope import Event
 
 
 class DeliveryFailed(Exception):
-    """The sink did not take the event; `status` is its answer's status code, if any."""
+    """The sink did not take the event; `status` is its answer's status code, if any;
+    `retry_after` the seconds it asked us to wait (a 429 or 503's Retry-After)."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ of an httpx one (0.17 ms against 1.9 ms), which was a third of a worker's work.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
 import time
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -39,6 +41,23 @@ def headers(secret: str, msg_id: str, body: bytes, now: int | None = None) -> di
     return out
 
 
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header's wait in seconds: delta-seconds or an HTTP date (RFC 9110);
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 def session() -> aiohttp.ClientSession:
     """The one HTTP session of a worker's webhook sinks. Redirects are not followed
     (`send`); HTTP(S)_PROXY is not read (reading it costs every POST more than the
@@ -62,5 +81,6 @@ class WebhookSender:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
         if not 200 <= status < 300:
-            raise DeliveryFailed(f"HTTP {status}", status)
+            raise DeliveryFailed(f"HTTP {status}", status,
+                                 retry_after(response.headers.get("retry-after")) if status in (429, 503) else None)
         return status

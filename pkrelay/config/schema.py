@@ -110,6 +110,9 @@ class DeliveryConfig(_Section):
     retry_max_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 3600
     # At least a day (the contract's promise), at most 30 days.
     retry_window_h: Annotated[float, msgspec.Meta(ge=24, le=720)] = 24
+    # A sink whose every attempt failed for this long is disabled (Standard Webhooks):
+    # its deliveries are held until `pkrelay sinks enable` or the dashboard resumes it.
+    disable_after_h: Annotated[float, msgspec.Meta(ge=1, le=8760)] = 120
 
 
 class SystemConfig(_Section, kw_only=True):
