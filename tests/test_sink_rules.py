@@ -5,6 +5,7 @@ CLI, the dashboard); Retry-After holds a sink back (capped at retry_max_s)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -105,6 +106,31 @@ async def test_a_410_disables_the_sink_which_holds_its_deliveries_until_enabled_
     assert {d.status for d in await _rows(dep, db.deliveries)} == {"delivered"}
     [state] = await _rows(dep, db.sinks)
     assert state.state == "active" and state.disabled_reason is None and state.last_success_at is not None
+
+
+async def test_the_dashboard_shows_a_disabled_sink_and_resumes_it(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], served: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    gone = [True]
+    sink = _serve(served, lambda n: 410 if gone[0] else 200)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], server={"admin_token": ADMIN},
+                       sinks=[webhook_sink(sink.url, name="hook")])
+    await _dispatch(dep, system_creds, "a")
+    await dep.work(FAST)
+    async with AsyncTestClient(app=dep.app()) as client:
+        assert (await client.post("/login", data={"token": ADMIN, "next": "/deliveries"})).status_code in (200, 303)
+        page = (await client.get("/deliveries")).text
+        assert "Disabled since" in page and "410 Gone" in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        assert (await client.post("/sinks/enable", data={"sink": "hook"})).status_code == 403  # no CSRF token
+        gone[0] = False
+        answer = await client.post("/sinks/enable", data={"sink": "hook", "csrf": csrf.group(1)})
+        assert answer.status_code in (200, 303) and "1 delivery queued again" in answer.text
+    await dep.work(FAST)
+    assert [r.status for r in await _rows(dep, db.deliveries)] == ["delivered"]
+    assert len(sink.received) == 2
 
 
 async def test_a_sink_whose_every_attempt_failed_for_disable_after_h_is_disabled(
