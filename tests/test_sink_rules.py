@@ -4,6 +4,7 @@ CLI, the dashboard); Retry-After holds a sink back (capped at retry_max_s)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -23,6 +24,7 @@ from tests.deployment import deploy, webhook_sink
 from tests.fakepk.api import FakePluralKit
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment
+from tests.proxy_server import ProxyServer
 from tests.servers import clean_env
 from tests.sink_server import SinkServer
 from workers.sweep import sweep
@@ -192,3 +194,31 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert 55 <= (retry_after(in_a_minute) or 0) <= 60
     assert retry_after(format_datetime(datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
     assert retry_after(None) is None and retry_after("soon") is None
+
+
+async def test_sink_requests_go_through_http_proxy_unless_no_proxy_names_the_host(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], served: list[SinkServer],
+    fake_pk: FakePluralKit, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    proxy = ProxyServer()
+    await proxy.start()
+    try:
+        sink = _serve(served, lambda n: 200)
+        url = sink.url.replace("127.0.0.1", "localhost")  # the fake API stays on 127.0.0.1, direct
+        dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(url)])
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://relay:p%40ss@"))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        await _dispatch(dep, system_creds, "a")
+        await dep.work(FAST)
+        assert len(sink.received) == 1 and proxy.seen == [f"POST {url} HTTP/1.1"]
+        assert proxy.auth == ["Basic " + base64.b64encode(b"relay:p@ss").decode()]
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # read when the worker starts
+        await _dispatch(dep, system_creds, "b")
+        await dep.work(FAST)
+        assert len(sink.received) == 2 and len(proxy.seen) == 1  # straight to the sink
+    finally:
+        await proxy.stop()

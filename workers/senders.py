@@ -15,7 +15,7 @@ from workers.webhook import WebhookSender
 def sender_for(sink: Sink, resources: Resources) -> Sender:
     match sink:
         case WebhookSink():
-            return WebhookSender(sink, resources.http)
+            return WebhookSender(sink, resources.http, resources.proxies)
         case MqttSink():
             return MqttSender(sink, resources.mqtt)
         case _:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from pkrelay.config import WebhookSink
+from workers.proxy import Proxies
 from workers.sinks import DeliveryFailed, Outgoing
 
 TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=5.0)
@@ -60,22 +61,25 @@ def retry_after(value: str | None) -> float | None:
 
 def session() -> aiohttp.ClientSession:
     """The one HTTP session of a worker's webhook sinks. Redirects are not followed
-    (`send`); HTTP(S)_PROXY is not read (reading it costs every POST more than the
-    POST itself: sinks are reached directly)."""
+    (`send`); HTTP(S)_PROXY and NO_PROXY are read once per process (workers/proxy.py),
+    not by aiohttp on every request."""
     return aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False)
 
 
 class WebhookSender:
-    def __init__(self, sink: WebhookSink, http: aiohttp.ClientSession) -> None:
+    def __init__(self, sink: WebhookSink, http: aiohttp.ClientSession, proxies: Proxies) -> None:
         self.sink = sink
         self.http = http
+        self.route = proxies.route(sink.url)
 
     async def send(self, outgoing: Outgoing) -> int:
         """POST once; any 2xx is success."""
         body = outgoing.body
         try:
-            async with self.http.post(self.sink.url, data=body, allow_redirects=False,
-                                      headers=headers(self.sink.secret.reveal(), outgoing.event.id, body)) as response:
+            async with self.http.post(self.sink.url, data=body, allow_redirects=False, proxy=self.route.proxy,
+                                      proxy_headers=self.route.proxy_headers,
+                                      headers=headers(self.sink.secret.reveal(), outgoing.event.id, body)
+                                      | self.route.headers) as response:
                 await response.content.read(ANSWER_BYTES)
                 status = response.status
         except (TimeoutError, aiohttp.ClientError) as exc:
