@@ -22,8 +22,8 @@ from typing import Any
 import msgspec
 from arq import Retry
 
-from pkrelay import queue
-from pkrelay.config import Sink
+from pkrelay import queue, shaping
+from pkrelay.config import ShapedSink, Sink
 from pkrelay.labels import sink_label
 from pkrelay.store import deliveries, sinks, state
 from pkrelay.store.deliveries import Pending, Settlement
@@ -121,6 +121,9 @@ async def _attempt(res: Resources, sink: Sink, pending: Pending) -> tuple[Settle
     if envelope is None:
         DELIVERIES.labels(label, "skipped").inc()
         return Settlement(event.id, "skipped", "nothing public in this event"), None
+    if isinstance(sink, ShapedSink) and sink.filter and not shaping.matches(sink.filter, envelope):
+        DELIVERIES.labels(label, "skipped").inc()
+        return Settlement(event.id, "skipped", "the sink's filter is false for this event"), None
     status_code: int | None = None
     error: str | None = None
     retry_after: float | None = None
@@ -128,7 +131,7 @@ async def _attempt(res: Resources, sink: Sink, pending: Pending) -> tuple[Settle
         async with res.sending(sink.key):
             started = time.perf_counter()
             status_code = await sender_for(sink, res).send(Outgoing(event, msgspec.json.encode(envelope),
-                                                                    pending.system))
+                                                                    pending.system, envelope))
     except DeliveryFailed as exc:
         status_code, error, retry_after = exc.status, exc.reason, exc.retry_after
     except Exception as exc:  # a failure nobody foresaw is still a failure: recorded, retried, dead-lettered

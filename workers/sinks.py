@@ -7,8 +7,9 @@ and imports no sink: the sinks import it, and `workers.senders` picks one per si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pkrelay.envelope import Event
 
@@ -31,6 +32,7 @@ class Outgoing:
     event: Event
     body: bytes  # the envelope as JSON, as this sink may see it (public_only applied)
     system: str  # the configured name of the event's system
+    envelope: Mapping[str, Any] = field(default_factory=dict)  # `body` decoded: what templates see
 
 
 class Sender(Protocol):

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from pkrelay import shaping
 from pkrelay.config import WebhookSink
 from workers.proxy import Proxies
 from workers.sinks import DeliveryFailed, Outgoing
@@ -33,9 +34,10 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def headers(secret: str, msg_id: str, body: bytes, now: int | None = None) -> dict[str, str]:
+def headers(secret: str, msg_id: str, body: bytes, now: int | None = None,
+            content_type: str = "application/json") -> dict[str, str]:
     timestamp = int(time.time()) if now is None else now
-    out = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+    out = {"content-type": content_type, "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
            "user-agent": "pkrelay"}
     if secret:
         out["webhook-signature"] = sign(secret, msg_id, timestamp, body)
@@ -73,13 +75,19 @@ class WebhookSender:
         self.route = proxies.route(sink.url)
 
     async def send(self, outgoing: Outgoing) -> int:
-        """POST once; any 2xx is success."""
-        body = outgoing.body
+        """POST once (the envelope, or what the sink's template makes of it); any 2xx is
+        success. The sink's `headers` come first: they cannot replace the signature's."""
+        sink = self.sink
         try:
-            async with self.http.post(self.sink.url, data=body, allow_redirects=False, proxy=self.route.proxy,
+            body = shaping.render(sink.template, outgoing.envelope) if sink.template else outgoing.body
+        except shaping.RenderError as exc:
+            raise DeliveryFailed(str(exc)) from None
+        sent = {name.lower(): value.reveal() for name, value in sink.headers.items()}
+        sent |= headers(sink.secret.reveal(), outgoing.event.id, body, content_type=sink.content_type)
+        try:
+            async with self.http.post(sink.url, data=body, allow_redirects=False, proxy=self.route.proxy,
                                       proxy_headers=self.route.proxy_headers,
-                                      headers=headers(self.sink.secret.reveal(), outgoing.event.id, body)
-                                      | self.route.headers) as response:
+                                      headers=sent | self.route.headers) as response:
                 await response.content.read(ANSWER_BYTES)
                 status = response.status
         except (TimeoutError, aiohttp.ClientError) as exc:
