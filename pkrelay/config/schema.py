@@ -160,6 +160,12 @@ class WebhookSink(ShapedSink, tag="webhook", kw_only=True):
     secret: Secret = msgspec.field(default_factory=Secret)
 
 
+class DiscordSink(ShapedSink, tag="discord", kw_only=True):
+    """A Discord channel webhook: a readable message per event (workers/discord.py)."""
+
+    events: list[str] | None = msgspec.field(default_factory=lambda: ["CREATE_SWITCH"])
+
+
 # Events that change what an MQTT sink keeps retained (the front, a fronter's look,
 # which members have a sensor): the sink sees them whatever its `events` filter says.
 MQTT_STATE_EVENTS = frozenset({
@@ -188,7 +194,7 @@ class MqttSink(_Sink, tag="mqtt", kw_only=True):
         return self.events is None or event_type in self.events
 
 
-Sink = WebhookSink | MqttSink
+Sink = WebhookSink | MqttSink | DiscordSink
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
