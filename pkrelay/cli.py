@@ -192,6 +192,17 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sinks(args: argparse.Namespace) -> int:
+    from pkrelay import sinks_cli
+
+    _, settings = _load(args, "sinks")
+    if args.action == "list":
+        return sinks_cli.run(args, settings, None)
+    if settings.sink(args.name) is None:
+        raise UsageError(f"no configured sink named {args.name!r} (`pkrelay sinks list` names them)")
+    return sinks_cli.run(args, settings, _running_redis(settings, "sinks enable"))
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from workers.backfill import BackfillError, backfill
 
@@ -235,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("events", cmd_events, "print the event log"),
         ("replay", cmd_replay, "deliver stored events to the sinks again, with the same ids"),
         ("deliveries", cmd_deliveries, "list deliveries: the dead-lettered ones, or another state"),
+        ("sinks", cmd_sinks, "each sink's health (`sinks list`); resume a disabled one (`sinks enable NAME`)"),
         ("backfill", cmd_backfill, "take a full snapshot of each system through the API"),
         ("init", cmd_init, "write a commented starter pkrelay.toml (never overwrites)"),
     ]
@@ -250,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
             p.add_argument("--since", metavar="TIME", help="every event received since TIME (ISO 8601)")
             p.add_argument("--dead", action="store_true", help="every dead-lettered delivery")
+        if name == "sinks":
+            from pkrelay import sinks_cli
+
+            sinks_cli.add_arguments(p)
         if name == "deliveries":
             p.add_argument("--state", choices=["dead", "pending", "delivered", "skipped"], default="dead",
                            help="which deliveries (default: dead-lettered)")

@@ -82,6 +82,23 @@ delivery_attempts = sa.Table(
     sa.Index("ix_delivery_attempts_event", "event_id", "sink"),
 )
 
+# Each sink's health, shared by every worker: disabled (410, or failing for
+# delivery.disable_after_h) holds its deliveries; hold_until is a Retry-After.
+sinks = sa.Table(
+    "sinks",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),  # _Sink.key
+    sa.Column("state", sa.String(16), nullable=False),  # active | disabled
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("disabled_at", UTCDateTime, nullable=True),
+    sa.Column("failing_since", UTCDateTime, nullable=True),  # first failure since the last success
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", UTCDateTime, nullable=True),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),  # the earliest retry a failure scheduled
+    sa.Column("hold_until", UTCDateTime, nullable=True),  # no attempt before (Retry-After)
+)
+
 # The state store: the last known version of each entity, as the API returns it.
 # kind: system | settings | fronters (key = system UUID), member | group | switch (key = its UUID).
 state = sa.Table(

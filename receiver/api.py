@@ -14,8 +14,9 @@ from litestar.params import QueryParameter
 
 from pkrelay import status
 from pkrelay.envelope import Event
-from pkrelay.store import eventlog
+from pkrelay.store import eventlog, sinks
 from pkrelay.store.deliveries import Delivery, State, listing
+from pkrelay.store.sinks import SinkStatus
 from receiver.auth_limit import BearerLimit
 from receiver.headers import API_HEADERS, SecurityHeaders
 from receiver.relay import Relay
@@ -71,5 +72,13 @@ async def list_systems(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return await status.systems(relay.live.current, relay.engine, relay.redis)
 
 
-api_router = Router(path="/api", route_handlers=[list_events, list_deliveries, list_systems], guards=[admin_only],
+@get("/sinks", summary="Each sink: state (active or disabled, why, since when), last success and error, next attempt, "
+                     "deliveries by state", responses=GUARDED)
+async def list_sinks(request: Request[Any, Any, Any]) -> list[SinkStatus]:
+    relay: Relay = request.app.state.relay
+    return await sinks.listing(relay.engine, relay.live.current.sinks)
+
+
+api_router = Router(path="/api", route_handlers=[list_events, list_deliveries, list_systems, list_sinks],
+                    guards=[admin_only],
                     middleware=[SecurityHeaders(API_HEADERS), BearerLimit()])

@@ -22,9 +22,10 @@ class Received:
 
 @dataclass
 class SinkServer:
-    """Records every POST; `respond` decides each answer (called off the event loop)."""
+    """Records every POST; `respond` decides each answer (called off the event loop): a
+    status, or (status, headers, body)."""
 
-    respond: Callable[[int], int] = lambda n: 200
+    respond: Callable[[int], int | tuple[int, dict[str, str], bytes]] = lambda n: 200
     received: list[Received] = field(default_factory=list)
     port: int = field(default_factory=free_port)
 
@@ -37,8 +38,9 @@ class SinkServer:
         async def hook(request: Request) -> Response[bytes]:
             body = await request.body()
             self.received.append(Received(dict(request.headers), body))
-            status = await asyncio.to_thread(self.respond, len(self.received))
-            return Response(b"", status_code=status)
+            answer = await asyncio.to_thread(self.respond, len(self.received))
+            status, headers, content = answer if isinstance(answer, tuple) else (answer, {}, b"")
+            return Response(content, status_code=status, headers=headers)
 
         self._server = ThreadedServer(Litestar([hook], logging_config=None), self.port)
         self._server.start()

@@ -33,7 +33,7 @@ def test_no_file_means_every_default(tmp_path: Path) -> None:
          "systems.1.mdoe: Object contains unknown field `mdoe` (line 5)"),
         ('[[systems]]\nname = "a"\nmode = "sometimes"\n',
          "systems.0.mode: must be one of auto, poll, webhook (line 3)"),
-        ('[[sinks]]\ntype = "smtp"\nurl = "x"\n', "sinks.0.type: must be one of webhook, mqtt (line 2)"),
+        ('[[sinks]]\ntype = "smtp"\nurl = "x"\n', "sinks.0.type: must be one of webhook, mqtt, discord (line 2)"),
         ('log_level = "loud"\n', "log_level: must be one of debug, info, warning, error (line 1)"),
         ('[server]\nport = 70000\n', "server.port: Expected `int` <= 65535 (line 2)"),
         ('[serverr]\nport = 1\n', "serverr: Object contains unknown field `serverr` (line 1)"),

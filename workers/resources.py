@@ -24,6 +24,7 @@ from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.pluralkit.ratelimit import token_key
 from pkrelay.store.deliveries import RetryPolicy
 from workers.mqtt.endpoint import MqttEndpoint
+from workers.proxy import Proxies
 
 log = logging.getLogger("pkrelay.worker")
 CTX_KEY = "resources"
@@ -39,6 +40,7 @@ class Resources:
     redis: ArqRedis
     http: aiohttp.ClientSession  # webhook sinks' (workers/webhook.py)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    proxies: Proxies = field(default_factory=Proxies)  # HTTP(S)_PROXY, NO_PROXY: read at start
     watcher: asyncio.Task[None] | None = None
     _clients: dict[str, PluralKitClient] = field(default_factory=dict)
     _mqtt: dict[str, MqttEndpoint] = field(default_factory=dict)

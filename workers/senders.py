@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from pkrelay.config import MqttSink, Sink, WebhookSink
+from pkrelay.config import DiscordSink, MqttSink, Sink, WebhookSink
+from workers.discord import DiscordSender
 from workers.mqtt.sender import MqttSender
 from workers.resources import Resources
 from workers.sinks import Sender
@@ -15,7 +16,9 @@ from workers.webhook import WebhookSender
 def sender_for(sink: Sink, resources: Resources) -> Sender:
     match sink:
         case WebhookSink():
-            return WebhookSender(sink, resources.http)
+            return WebhookSender(sink, resources.http, resources.proxies)
+        case DiscordSink():
+            return DiscordSender(sink, resources.http, resources.proxies)
         case MqttSink():
             return MqttSender(sink, resources.mqtt)
         case _:

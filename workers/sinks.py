@@ -7,19 +7,22 @@ and imports no sink: the sinks import it, and `workers.senders` picks one per si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pkrelay.envelope import Event
 
 
 class DeliveryFailed(Exception):
-    """The sink did not take the event; `status` is its answer's status code, if any."""
+    """The sink did not take the event; `status` is its answer's status code, if any;
+    `retry_after` the seconds it asked us to wait (a 429 or 503's Retry-After)."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Outgoing:
     event: Event
     body: bytes  # the envelope as JSON, as this sink may see it (public_only applied)
     system: str  # the configured name of the event's system
+    envelope: Mapping[str, Any] = field(default_factory=dict)  # `body` decoded: what templates see
 
 
 class Sender(Protocol):

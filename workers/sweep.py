@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pkrelay import db, keys, queue
-from pkrelay.store import deliveries
+from pkrelay.store import deliveries, sinks
 from workers.outage import transient
 from workers.resources import Resources
 
@@ -66,11 +66,13 @@ async def ingest_orphans(res: Resources) -> int:
 
 
 async def delivery_orphans(res: Resources) -> int:
-    """A deliver job for every pending delivery that has none."""
+    """A deliver job for every pending delivery that has none, but those a disabled
+    sink holds (enabling the sink queues them)."""
     d = db.deliveries
     async with res.engine.connect() as conn:
         rows = (await conn.execute(
-            sa.select(d.c.event_id, d.c.sink).where(d.c.status == "pending").order_by(d.c.event_id)
+            sa.select(d.c.event_id, d.c.sink).where(d.c.status == "pending", d.c.sink.not_in(sinks.disabled_keys()))
+            .order_by(d.c.event_id)
             .limit(DELIVERY_BATCH))).all()
     enqueued = await deliveries.enqueue(res.redis, [(row.event_id, row.sink) for row in rows])
     if enqueued:

@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import msgspec
 
+from pkrelay import shaping
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key, never a secret."""
@@ -110,6 +112,9 @@ class DeliveryConfig(_Section):
     retry_max_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 3600
     # At least a day (the contract's promise), at most 30 days.
     retry_window_h: Annotated[float, msgspec.Meta(ge=24, le=720)] = 24
+    # A sink whose every attempt failed for this long is disabled (Standard Webhooks):
+    # its deliveries are held until `pkrelay sinks enable` or the dashboard resumes it.
+    disable_after_h: Annotated[float, msgspec.Meta(ge=1, le=8760)] = 120
 
 
 class SystemConfig(_Section, kw_only=True):
@@ -142,8 +147,23 @@ class _Sink(_Section, tag_field="type", kw_only=True):
         return (self.events is None or event_type in self.events) and (self.systems is None or system in self.systems)
 
 
-class WebhookSink(_Sink, tag="webhook", kw_only=True):
+class ShapedSink(_Sink, kw_only=True):
+    """A sink that POSTs a body it may shape (pkrelay/shaping.py)."""
+
+    template: str = ""  # sandboxed Jinja2 over the envelope's keys; its output is the body
+    content_type: str = "application/json"
+    headers: dict[str, Secret] = msgspec.field(default_factory=dict)  # env:/file: allowed; never logged
+    filter: str = ""  # JMESPath over the envelope: the event goes out only when it is truthy
+
+
+class WebhookSink(ShapedSink, tag="webhook", kw_only=True):
     secret: Secret = msgspec.field(default_factory=Secret)
+
+
+class DiscordSink(ShapedSink, tag="discord", kw_only=True):
+    """A Discord channel webhook: a readable message per event (workers/discord.py)."""
+
+    events: list[str] | None = msgspec.field(default_factory=lambda: ["CREATE_SWITCH"])
 
 
 # Events that change what an MQTT sink keeps retained (the front, a fronter's look,
@@ -174,7 +194,7 @@ class MqttSink(_Sink, tag="mqtt", kw_only=True):
         return self.events is None or event_type in self.events
 
 
-Sink = WebhookSink | MqttSink
+Sink = WebhookSink | MqttSink | DiscordSink
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -224,6 +244,7 @@ class Settings(_Section):
         for system in self.systems:
             values += [system.signing_token.reveal(), system.api_token.reveal()]
         values += [sink.secret.reveal() for sink in self.sinks if isinstance(sink, WebhookSink)]
+        values += [v.reveal() for sink in self.sinks if isinstance(sink, ShapedSink) for v in sink.headers.values()]
         return [v for v in values if v]
 
 
@@ -253,6 +274,9 @@ def check(settings: Settings) -> None:
             raise ConfigError(f"sinks.{index}.systems{named}: names unknown system {unknown[0]!r}")
         if isinstance(sink, WebhookSink) and sink.secret and not _valid_secret(sink.secret.reveal()):
             raise ConfigError(f"sinks.{index}.secret{named}: must be empty or whsec_ followed by a base64 key")
+        if isinstance(sink, ShapedSink) and (problem := shaping.problem(sink.template, sink.filter)):
+            field, _, why = problem.partition(": ")
+            raise ConfigError(f"sinks.{index}.{field}{named}: {why}")
 
 
 def _valid_secret(value: str) -> bool:

@@ -6,6 +6,7 @@ logging and enqueuing loses nothing: whatever is still pending is enqueued again
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -128,10 +129,12 @@ class Settlement:
     attempt: dict[str, Any] | None = None  # status_code, error, duration_ms
 
 
-async def settle(engine: AsyncEngine, sink: str, settlements: list[Settlement]) -> None:
-    """Record the attempts and the deliveries' new states, in one transaction."""
+async def settle(engine: AsyncEngine, sink: str, settlements: list[Settlement],
+                 then: Callable[[AsyncConnection], Awaitable[bool]] | None = None) -> bool:
+    """Record the attempts and the deliveries' new states, and do `then` (the sink's
+    health), in one transaction; returns what `then` returned (False without one)."""
     if not settlements:
-        return
+        return False
     now = datetime.now(UTC)
     d = db.deliveries
     attempts, rows = [], []
@@ -154,6 +157,7 @@ async def settle(engine: AsyncEngine, sink: str, settlements: list[Settlement]) 
         if attempts:
             await conn.execute(db.delivery_attempts.insert(), attempts)
         await conn.execute(update, rows)
+        return await then(conn) if then is not None else False
 
 
 _REOPENED = {"status": "pending", "attempts": 0, "first_attempt_at": None, "last_error": None}

@@ -1,4 +1,5 @@
-"""What the dashboard's buttons do: replay dead letters of one sink, send a test event.
+"""What the dashboard's buttons do: replay dead letters of one sink, send a test event,
+resume a disabled sink.
 
 Delivery itself stays the workers' job: we reopen or plan `deliveries` rows and
 enqueue the workers' own deliver jobs (`pkrelay.store.deliveries`).
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from pkrelay import db
 from pkrelay.config import Sink
 from pkrelay.envelope import new_event_id
-from pkrelay.store import deliveries, eventlog
+from pkrelay.store import deliveries, eventlog, sinks
 from receiver.relay import Relay
 
 TEST_TYPE = "PKRELAY_TEST"
@@ -29,6 +30,11 @@ async def replay_dead(relay: Relay, sink: Sink, event_ids: list[str] | None) -> 
     async with relay.engine.begin() as conn:
         ids = await deliveries.reopen_dead(conn, sink.key, event_ids)
     return await _enqueue(relay, ids) if ids else 0
+
+
+async def enable_sink(relay: Relay, sink: Sink) -> int:
+    """Resume a disabled sink; how many held deliveries were queued."""
+    return await sinks.enable(relay.engine, relay.redis, sink.key)
 
 
 async def send_test(relay: Relay, sink: Sink) -> str:

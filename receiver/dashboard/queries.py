@@ -68,6 +68,7 @@ async def sink_stats(relay: Relay) -> list[dict[str, Any]]:
             sa.select(d.c.sink, sa.func.max(d.c.delivered_at)).group_by(d.c.sink))).all())
         failures: dict[str, int] = dict((await conn.execute(sa.select(a.c.sink, sa.func.count()).where(
             a.c.error.is_not(None), a.c.at >= since).group_by(a.c.sink))).all())
+        health = {r.key: r for r in (await conn.execute(sa.select(db.sinks))).all()}
     out = []
     for sink in relay.live.current.sinks:
         counts_of = by_status.get(sink.key, {})
@@ -77,6 +78,9 @@ async def sink_stats(relay: Relay) -> list[dict[str, Any]]:
             "delivered": counts_of.get("delivered", 0), "failing": failing.get(sink.key, 0),
             "failures_24h": failures.get(sink.key, 0),
             "last_success": last_ok.get(sink.key),
+            "disabled": health[sink.key].state == "disabled" if sink.key in health else False,
+            "disabled_reason": health[sink.key].disabled_reason if sink.key in health else None,
+            "disabled_at": health[sink.key].disabled_at if sink.key in health else None,
         })
     return out
 

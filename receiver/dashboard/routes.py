@@ -188,6 +188,15 @@ async def send_test(request: Request[Any, Any, Any]) -> Redirect:
     return Redirect(f"/deliveries?tested={quote(event_id)}", status_code=303)
 
 
+@post("/sinks/enable", include_in_schema=False, status_code=303)
+async def enable_sink(request: Request[Any, Any, Any]) -> Redirect:
+    _, sink, _ = await _action(request)
+    if sink is None:
+        raise NotFoundException("no such sink")
+    queued = await actions.enable_sink(_relay(request), sink)
+    return Redirect(f"/deliveries?replayed={queued}", status_code=303)
+
+
 @get("/connect", include_in_schema=False)
 async def connect(request: Request[Any, Any, Any]) -> Template:
     current = await _session(request)
@@ -226,7 +235,8 @@ template_config = TemplateConfig(directory=HERE / "templates", engine=JinjaTempl
 dashboard_router = Router(
     path="/",
     route_handlers=[
-        login_form, login, logout, overview, events, live_events, event, deliveries, replay, send_test, connect,
+        login_form, login, logout, overview, events, live_events, event, deliveries, replay, send_test, enable_sink,
+        connect,
         create_static_files_router(path="/static", directories=[HERE / "static"], include_in_schema=False),
     ],
     guards=[dashboard_on],
