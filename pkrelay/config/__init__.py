@@ -7,7 +7,7 @@ follows the file in a running process. Callers import from here, never from the
 modules, so the split is free to move again.
 """
 
-from pkrelay.config.load import CONFIG_ENV, DEFAULT_CONFIG, ENV_PREFIX, config_path, load
+from pkrelay.config.load import CONFIG_ENV, DEFAULT_CONFIG, ENV_PREFIX, WARNED_ENV, config_path, load
 from pkrelay.config.reload import LiveSettings
 from pkrelay.config.schema import (
     MQTT_STATE_EVENTS,
@@ -29,25 +29,7 @@ from pkrelay.config.schema import (
 )
 
 __all__ = [
-    "CONFIG_ENV",
-    "DEFAULT_CONFIG",
-    "ENV_PREFIX",
-    "MQTT_STATE_EVENTS",
-    "ConfigError",
-    "DatabaseConfig",
-    "DeliveryConfig", "DiscordSink",
-    "LiveSettings",
-    "LogLevel",
-    "MqttSink",
-    "PluralKitConfig",
-    "RedisConfig",
-    "Secret",
-    "ServerConfig",
-    "Settings",
-    "ShapedSink",
-    "Sink",
-    "SystemConfig",
-    "WebhookSink",
-    "config_path",
-    "load",
+    "CONFIG_ENV", "DEFAULT_CONFIG", "ENV_PREFIX", "MQTT_STATE_EVENTS", "WARNED_ENV", "ConfigError", "DatabaseConfig",
+    "DeliveryConfig", "DiscordSink", "LiveSettings", "LogLevel", "MqttSink", "PluralKitConfig", "RedisConfig",
+    "Secret", "ServerConfig", "Settings", "ShapedSink", "Sink", "SystemConfig", "WebhookSink", "config_path", "load",
 ]

@@ -22,6 +22,9 @@ from pkrelay.config.schema import ConfigError, Secret, Settings, _Section, check
 
 ENV_PREFIX = "PKRELAY_"
 CONFIG_ENV = "PKRELAY_CONFIG"
+# Set by `pkrelay run` for its children: it gave the removed-key warnings once, at its
+# start; the receiver and worker loading the same file must not repeat them.
+WARNED_ENV = "PKRELAY_CONFIG_WARNED"
 DEFAULT_CONFIG = "pkrelay.toml"
 
 log = logging.getLogger("pkrelay.config")
@@ -45,8 +48,9 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
     log a WARNING for each key that an earlier release had and this one ignores."""
     notes: list[str] = []
     settings = read(path, environ, [], notes)
-    for note in notes:
-        log.warning("%s", note)
+    if not environ.get(WARNED_ENV):
+        for note in notes:
+            log.warning("%s", note)
     return settings
 
 
@@ -94,7 +98,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], notes: list[str]) -> None:
     hints = typing.get_type_hints(Settings)
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, WARNED_ENV):
             continue
         key = name[len(ENV_PREFIX):].lower()
         section, _, field = key.partition("__")
