@@ -86,7 +86,7 @@ def public_system(system: Any) -> dict[str, Any] | None:
     return None if privacy is None else _public(system, privacy, SYSTEM_FIELDS)
 
 
-def _front_is_public(system: Any) -> bool:
+def front_is_public(system: Any) -> bool:
     privacy = _visible(system)
     return privacy is not None and privacy.get("front_privacy") == "public"
 
@@ -106,7 +106,7 @@ def public_switch(switch: Any, system: Any) -> dict[str, Any] | None:
     if not isinstance(switch, dict):
         return None
     members = switch.get("members")
-    if not _front_is_public(system):
+    if not front_is_public(system):
         members = []
     elif isinstance(members, list):
         members = [m for m in (public_member(m) for m in members if isinstance(m, dict)) if m is not None]
