@@ -14,6 +14,7 @@ from receiver.dashboard.routes import dashboard_router, template_config
 from receiver.dashboard.session import DashboardSettings
 from receiver.dispatch import dispatch_handlers
 from receiver.ops import healthz, prometheus, readyz
+from receiver.public.routes import public_router, widget_router
 from receiver.relay import Relay
 from receiver.stream import event_stream
 from receiver.stream_hub import StreamHub, StreamSettings
@@ -27,7 +28,7 @@ def create_app(live: LiveSettings, redis_url: str) -> Litestar:
         route_handlers=[*dispatch_handlers(settings.server.dispatch_path), healthz, readyz, prometheus, api_router,
                         # /api/stream's token checks count against the failed-auth limit too
                         Router(path="/", route_handlers=[event_stream], middleware=[BearerLimit()]),
-                        dashboard_router],
+                        dashboard_router, public_router, widget_router],
         lifespan=[relay.lifespan, streams.lifespan],  # the streams end before the engine goes
         state=State({"relay": relay, "stream": StreamSettings(), "streams": streams,
                      "dashboard": DashboardSettings(), "auth_limit": FailedAuthLimit()}),

@@ -11,7 +11,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from litestar.testing import AsyncTestClient
 
-from pkrelay import db
+from pkrelay import db, privacy
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import deliveries
 from pkrelay.store.deliveries import RetryPolicy
@@ -20,7 +20,6 @@ from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import MEMBER_ID, FakeDispatcher, body
 from tests.harness import Deployment
 from tests.sink_server import SinkServer
-from workers import privacy
 
 MEMBER = {
     "id": "abcde", "uuid": MEMBER_ID, "system": "exmpl", "name": "Alex", "display_name": "Al",

@@ -22,13 +22,12 @@ from typing import Any
 import msgspec
 from arq import Retry
 
-from pkrelay import queue, shaping
+from pkrelay import privacy, queue, shaping
 from pkrelay.config import ShapedSink, Sink
 from pkrelay.labels import sink_label
 from pkrelay.store import deliveries, sinks, state
 from pkrelay.store.deliveries import Pending, Settlement
 from pkrelay.store.state import Kind
-from workers import privacy
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
 from workers.outage import survives_outages
 from workers.resources import Resources

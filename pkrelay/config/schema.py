@@ -123,6 +123,7 @@ class SystemConfig(_Section, kw_only=True):
     signing_token: Secret = msgspec.field(default_factory=Secret)
     api_token: Secret = msgspec.field(default_factory=Secret)
     mode: Literal["auto", "poll", "webhook"] = "auto"
+    public_front: bool = False  # serve /public/{name}/front, /front/stream and /widget (receiver/public.py)
 
 
 class _Sink(_Section, tag_field="type", kw_only=True):

@@ -17,13 +17,12 @@ from typing import Any
 
 import msgspec
 
-from pkrelay import keys
+from pkrelay import keys, privacy
 from pkrelay.config import MqttSink, SystemConfig
 from pkrelay.labels import sink_label
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.store import state
 from pkrelay.store.state import Kind
-from workers import privacy
 from workers.fetch import as_data
 from workers.mqtt import discovery as ha
 from workers.mqtt.connection import BrokerConnection, MqttUnavailable

@@ -1,4 +1,5 @@
-"""`public_only` sinks: strip from an envelope everything the system marked private.
+"""What a system shows publicly: for `public_only` sinks (an envelope stripped of
+everything the system marked private) and the public front (receiver/public.py).
 
 The rule is fail-closed: a field is kept only when the entity's privacy settings say
 it is public. When pkrelay does not know an entity's privacy (no `privacy` object, as
@@ -20,7 +21,9 @@ OWNER_ONLY = frozenset({
 
 # privacy key -> the fields it guards, per entity kind (PluralKit API v2 semantics).
 MEMBER_FIELDS = {
-    "name_privacy": ("name",),
+    # PluralKit's public view has no display name for a name-private member; its
+    # real name is private too (fail-closed: neither is shown).
+    "name_privacy": ("name", "display_name"),
     "description_privacy": ("description",),
     "birthday_privacy": ("birthday",),
     "pronoun_privacy": ("pronouns",),
@@ -83,7 +86,7 @@ def public_system(system: Any) -> dict[str, Any] | None:
     return None if privacy is None else _public(system, privacy, SYSTEM_FIELDS)
 
 
-def _front_is_public(system: Any) -> bool:
+def front_is_public(system: Any) -> bool:
     privacy = _visible(system)
     return privacy is not None and privacy.get("front_privacy") == "public"
 
@@ -103,7 +106,7 @@ def public_switch(switch: Any, system: Any) -> dict[str, Any] | None:
     if not isinstance(switch, dict):
         return None
     members = switch.get("members")
-    if not _front_is_public(system):
+    if not front_is_public(system):
         members = []
     elif isinstance(members, list):
         members = [m for m in (public_member(m) for m in members if isinstance(m, dict)) if m is not None]
