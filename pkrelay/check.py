@@ -67,10 +67,11 @@ async def run_checks(path: Path) -> int:
     console = Console(highlight=False, soft_wrap=True)
     problems = 0
 
-    def report(ok: bool, what: str, detail: str = "") -> None:
+    def report(ok: bool | None, what: str, detail: str = "") -> None:
+        """ok, FAIL, or (None) warn: something to know that does not stop pkrelay working."""
         nonlocal problems
-        problems += not ok
-        mark = "[green]ok[/]  " if ok else "[red]FAIL[/]"
+        problems += ok is False
+        mark = "[green]ok[/]  " if ok else "[yellow]warn[/]" if ok is None else "[red]FAIL[/]"
         console.print(f"{mark} {what}" + (f": {detail}" if detail else ""))
 
     try:
@@ -80,8 +81,12 @@ async def run_checks(path: Path) -> int:
         return 1
     report(True, "config", f"{path} ({len(settings.systems)} systems, {len(settings.sinks)} sinks)")
     for system in settings.systems:
-        if system.mode != "poll" and not system.signing_token:
-            report(False, f"system {system.name}", f"mode {system.mode} needs a signing_token for webhooks")
+        if system.mode == "webhook" and not system.signing_token:
+            report(False, f"system {system.name}", "mode webhook needs a signing_token: without one every "
+                                                   "dispatch is refused and nothing polls")
+        elif system.mode == "auto" and not system.signing_token:
+            report(None, f"system {system.name}", "no signing_token yet: dispatches are refused and the system "
+                                                  "is polled until one is set (`pkrelay run` reloads it)")
         if not system.system_id and not system.api_token:
             report(False, f"system {system.name}", "api_token is not set and system_id is empty: set one of them "
                                                    "(the api_token also gives private data)")

@@ -79,3 +79,21 @@ def test_check_says_an_empty_api_token_is_not_set(tmp_path: Path, fake_pk: FakeP
 def test_check_refuses_a_named_config_file_that_does_not_exist(tmp_path: Path) -> None:
     done = _check(tmp_path / "missing.toml")
     assert done.returncode != 0 and "missing.toml: no such config file" in done.stderr
+
+
+def test_check_follows_the_readme_s_webhook_step_before_the_token_exists(
+    tmp_path: Path, fake_pk: FakePluralKit, system_creds: dict[str, str],
+) -> None:
+    """`signing_token = "file:pk-signing-token"`, the file not written yet, then empty: `run`
+    starts (polling, dispatches refused), so `check` passes, warning about it."""
+    system = {**system_creds, "signing_token": "file:pk-signing-token", "mode": "auto"}
+    cfg = write_config(tmp_path / "pkrelay.toml",
+                       {"systems": [system], "pluralkit": {"api_base_url": fake_pk.base_url}})
+    done = _check(cfg)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "systems.0.signing_token: its file pk-signing-token" in done.stderr and "WARNING" in done.stderr
+    assert "warn system home: no signing_token yet" in done.stdout and "all checks passed" in done.stdout
+    (tmp_path / "pk-signing-token").touch()
+    done = _check(cfg)
+    assert done.returncode == 0 and "warn system home: no signing_token yet" in done.stdout, done.stdout
+    assert "does not exist" not in done.stderr
