@@ -12,13 +12,18 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from pkrelay import config, db, queue
+from pkrelay.check_sinks import check_sinks
+from pkrelay.config import MqttSink
 from pkrelay.pluralkit.client import PluralKitClient
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.redis_server import EmbeddedRedis, running_url
 
 
-async def _check_api(settings: config.Settings, report: Callable[..., None]) -> None:
-    """One GET per system, through the same limiter the workers use."""
+async def _check_api(settings: config.Settings, report: Callable[..., None], members: dict[str, set[str]],
+                     complete: set[str]) -> None:
+    """One GET per system (two when an MQTT sink names members: `members` gets each
+    system's, `complete` the systems read with their api_token), through the same
+    limiter the workers use."""
     url = settings.redis.url or running_url(settings.data_path) or ""
     redis = queue.connect(url or "redis://127.0.0.1:9/0", timeout=3)
     scratch = None
@@ -37,6 +42,11 @@ async def _check_api(settings: config.Settings, report: Callable[..., None]) -> 
             client = PluralKitClient.from_settings(settings.pluralkit, redis, token)
             try:
                 found = await client.system("@me" if token else system.system_id)
+                if any(isinstance(s, MqttSink) and isinstance(s.members, list) and s.members for s in settings.sinks):
+                    members[system.name] = {str(v) for m in await client.members("@me" if token else system.system_id)
+                                            for v in (m.name, m.display_name, m.id, m.uuid) if v}
+                    if token:
+                        complete.add(system.name)
             except PluralKitError as exc:
                 report(False, f"system {system.name}: API", str(exc))
                 continue
@@ -114,6 +124,9 @@ async def run_checks(path: Path) -> int:
     finally:
         await engine.dispose()
 
-    await _check_api(settings, report)
+    members: dict[str, set[str]] = {}
+    complete: set[str] = set()
+    await _check_api(settings, report, members, complete)
+    await check_sinks(settings, report, members, complete)
     console.print("[green]all checks passed[/]" if not problems else f"[red]{problems} problem(s)[/]")
     return 1 if problems else 0
