@@ -12,13 +12,18 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from pkrelay import config, db, queue
+from pkrelay.check_sinks import check_sinks
+from pkrelay.config import MqttSink
 from pkrelay.pluralkit.client import PluralKitClient
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.redis_server import EmbeddedRedis, running_url
 
 
-async def _check_api(settings: config.Settings, report: Callable[..., None]) -> None:
-    """One GET per system, through the same limiter the workers use."""
+async def _check_api(settings: config.Settings, report: Callable[..., None], members: dict[str, set[str]],
+                     complete: set[str]) -> None:
+    """One GET per system (two when an MQTT sink names members: `members` gets each
+    system's, `complete` the systems read with their api_token), through the same
+    limiter the workers use."""
     url = settings.redis.url or running_url(settings.data_path) or ""
     redis = queue.connect(url or "redis://127.0.0.1:9/0", timeout=3)
     scratch = None
@@ -37,6 +42,11 @@ async def _check_api(settings: config.Settings, report: Callable[..., None]) -> 
             client = PluralKitClient.from_settings(settings.pluralkit, redis, token)
             try:
                 found = await client.system("@me" if token else system.system_id)
+                if any(isinstance(s, MqttSink) and isinstance(s.members, list) and s.members for s in settings.sinks):
+                    members[system.name] = {str(v) for m in await client.members("@me" if token else system.system_id)
+                                            for v in (m.name, m.display_name, m.id, m.uuid) if v}
+                    if token:
+                        complete.add(system.name)
             except PluralKitError as exc:
                 report(False, f"system {system.name}: API", str(exc))
                 continue
@@ -67,10 +77,11 @@ async def run_checks(path: Path) -> int:
     console = Console(highlight=False, soft_wrap=True)
     problems = 0
 
-    def report(ok: bool, what: str, detail: str = "") -> None:
+    def report(ok: bool | None, what: str, detail: str = "") -> None:
+        """ok, FAIL, or (None) warn: something to know that does not stop pkrelay working."""
         nonlocal problems
-        problems += not ok
-        mark = "[green]ok[/]  " if ok else "[red]FAIL[/]"
+        problems += ok is False
+        mark = "[green]ok[/]  " if ok else "[yellow]warn[/]" if ok is None else "[red]FAIL[/]"
         console.print(f"{mark} {what}" + (f": {detail}" if detail else ""))
 
     try:
@@ -80,8 +91,12 @@ async def run_checks(path: Path) -> int:
         return 1
     report(True, "config", f"{path} ({len(settings.systems)} systems, {len(settings.sinks)} sinks)")
     for system in settings.systems:
-        if system.mode != "poll" and not system.signing_token:
-            report(False, f"system {system.name}", f"mode {system.mode} needs a signing_token for webhooks")
+        if system.mode == "webhook" and not system.signing_token:
+            report(False, f"system {system.name}", "mode webhook needs a signing_token: without one every "
+                                                   "dispatch is refused and nothing polls")
+        elif system.mode == "auto" and not system.signing_token:
+            report(None, f"system {system.name}", "no signing_token yet: dispatches are refused and the system "
+                                                  "is polled until one is set (`pkrelay run` reloads it)")
         if not system.system_id and not system.api_token:
             report(False, f"system {system.name}", "api_token is not set and system_id is empty: set one of them "
                                                    "(the api_token also gives private data)")
@@ -109,6 +124,9 @@ async def run_checks(path: Path) -> int:
     finally:
         await engine.dispose()
 
-    await _check_api(settings, report)
+    members: dict[str, set[str]] = {}
+    complete: set[str] = set()
+    await _check_api(settings, report, members, complete)
+    await check_sinks(settings, report, members, complete)
     console.print("[green]all checks passed[/]" if not problems else f"[red]{problems} problem(s)[/]")
     return 1 if problems else 0

@@ -115,6 +115,10 @@ def _ask(question: str, default: str, choices: tuple[str, ...] = ()) -> str:
         print(f"one of {', '.join(choices)}, please")
 
 
+# Beside a new pkrelay.toml: the secret files the README has people create, and the data.
+GITIGNORE = "# pkrelay: secrets and data, never in git\npk-api-token\npk-signing-token\n*.token\ndata/\n"
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.config or os.environ.get(config.CONFIG_ENV) or config.DEFAULT_CONFIG)
     if path.exists():
@@ -132,25 +136,29 @@ def cmd_init(args: argparse.Namespace) -> int:
     except FileExistsError:
         raise UsageError(f"{path} exists; not overwriting it") from None
     print(f"wrote {path}; fill in the tokens, then `pkrelay check` and `pkrelay run`")
+    ignore = path.parent / ".gitignore"
+    try:
+        with ignore.open("x") as f:
+            f.write(GITIGNORE)
+        print(f"wrote {ignore}: the token files and data/ stay out of git")
+    except FileExistsError:
+        print(f"{ignore} exists: add the token files (pk-api-token, pk-signing-token...) and data/ to it")
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from arq import create_pool
     from arq.connections import RedisSettings
 
+    from pkrelay.since import parse_since
     from pkrelay.store.deliveries import replay
 
     if not (args.event_ids or args.since or args.dead):
         raise UsageError("name EVENT_IDs, or give --since TIME or --dead")
     try:
-        since = datetime.fromisoformat(args.since) if args.since else None
-    except ValueError:
-        raise UsageError(f"--since {args.since!r} is not an ISO 8601 time") from None
-    if since is not None and since.tzinfo is None:
-        raise UsageError("--since needs a time zone, e.g. 2026-11-22T18:00:00Z")
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(f"--since {exc}") from None
     _, settings = _load(args, "replay")
     redis_url = _running_redis(settings, "replay")
 
@@ -187,8 +195,11 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    for line in asyncio.run(go()):
+    lines = asyncio.run(go())
+    for line in lines:
         print(line.decode())
+    if not lines:  # on stderr: stdout stays JSON lines only
+        print(f"no deliveries in state {args.state}" + (f" of sink {args.sink}" if args.sink else ""), file=sys.stderr)
     return 0
 
 
@@ -260,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--type", help="event type, e.g. CREATE_SWITCH")
         if name == "replay":
             p.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
-            p.add_argument("--since", metavar="TIME", help="every event received since TIME (ISO 8601)")
+            p.add_argument("--since", metavar="TIME", help="every event received since TIME: ISO 8601 with a "
+                           "zone, or a duration back from now (30s, 10m, 2h, 1d)")
             p.add_argument("--dead", action="store_true", help="every dead-lettered delivery")
         if name == "sinks":
             from pkrelay import sinks_cli

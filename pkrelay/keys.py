@@ -10,7 +10,7 @@ from typing import Literal
 
 PREFIX = "pkrelay"
 
-PollKey = Literal["next", "last", "lease", "unregistered", "token_rejected"]
+PollKey = Literal["next", "last", "lease", "unregistered", "webhook_checked", "token_rejected"]
 
 
 # The registration PINGs the receivers answered, newest first (the dashboard's
@@ -37,7 +37,8 @@ def system_lock_name(system: str) -> str:
 
 def poll(system: str, what: PollKey) -> str:
     """The poller's bookkeeping of a system: when each check is next due (hash), when
-    it last ran, who polls it now (lease), whether its webhook is registered elsewhere,
+    it last ran, who polls it now (lease), whether its webhook is registered elsewhere
+    (and whether that was ever checked),
     whether PluralKit refuses its api_token."""
     return f"{PREFIX}:poll:{what}:{system}"
 
@@ -71,3 +72,9 @@ def session_revoked(session_hash: str) -> str:
     """A dashboard session that logging out ended (named by a hash of its id), kept
     until the session's own expiry."""
     return f"{PREFIX}:dashboard:revoked:{session_hash}"
+
+
+def sink_failing(sink: str) -> str:
+    """Set while a sink's deliveries fail (the first failure's error), so one warning
+    says it is failing and one line says it recovered, whichever worker sees each."""
+    return f"{PREFIX}:sink:failing:{sink}"

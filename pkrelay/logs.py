@@ -47,6 +47,19 @@ class RedactSecrets(logging.Filter):
 redactor = RedactSecrets()
 
 
+class CronRetries(logging.Filter):
+    """arq's "cron:poll_tick ... max retries 1 exceeded": a cron slot that a worker started
+    again after losing it (a restart, a Redis blip) is skipped, and the next slot comes a
+    second later. Only `--verbose` shows it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno <= logging.WARNING and "cron:" in message and "max retries" in message)
+
+
+cron_retries = CronRetries()
+
+
 def setup(secrets: list[str], process: str, level: str | None = None) -> None:
     """Configure the root logger once per process; call again to refresh the secrets.
 
@@ -68,3 +81,8 @@ def setup(secrets: list[str], process: str, level: str | None = None) -> None:
     logging.getLogger("pkrelay").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    arq_worker = logging.getLogger("arq.worker")
+    if verbose:
+        arq_worker.removeFilter(cron_retries)
+    else:
+        arq_worker.addFilter(cron_retries)

@@ -80,17 +80,27 @@ def summary(settings: Settings, config_file: Path) -> str:
                f"API token {'set' if s.api_token else 'not set'})" for s in settings.systems]
     lines.append(f"  systems: {', '.join(systems) or 'none (add a [[systems]] table)'}")
     lines.append(f"  sinks: {', '.join(s.key for s in settings.sinks) or 'none (events are only logged)'}")
-    local = f"http://{server.host}:{server.port}{server.dispatch_path}"
+    origin = f"http://{server.host}:{server.port}"
+    lines.append(f"  dashboard: {origin}/" if server.admin_token else
+                 f"  receiver: {origin} (dashboard off: set server.admin_token)")
+    webhooks = [s for s in settings.systems if s.mode != "poll"]
     if server.public_url:
-        for system in (s for s in settings.systems if s.mode != "poll"):
-            lines.append(f"  dispatch URL of {system.name}: `pk;system webhook {settings.dispatch_url(system)}` "
-                         f"(it must reach {local}/{system.name})")
-    elif any(s.mode != "poll" for s in settings.systems):
-        lines.append(f"  dispatch URL: unknown, server.public_url is not set; PluralKit needs a public https URL "
-                     f"that reaches {local} (or use mode = \"poll\")")
-    else:
-        lines.append(f"  receiving dispatches on {local} (no server.public_url set)")
+        lines.append(f"  public URL: {server.public_url} (must reach {origin}{server.dispatch_path})")
+        for system in webhooks:
+            lines.append(f"  register {system.name}: `pk;system webhook {settings.dispatch_url(system)}`")
+    elif webhooks:
+        lines.append("  dispatch URL: unknown, server.public_url is not set; PluralKit needs a public https URL "
+                     f"that reaches {origin}{server.dispatch_path} (or use mode = \"poll\")")
     return "\n".join(lines)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What the summary's reader must not miss: said as WARNINGs after it."""
+    public = settings.server.public_url
+    if public and not public.startswith("https://") and any(s.mode != "poll" for s in settings.systems):
+        return [f"server.public_url {public} is not https: PluralKit only sends webhooks to https URLs on public "
+                "addresses, so `pk;system webhook` will refuse it"]
+    return []
 
 
 @dataclass
@@ -169,6 +179,8 @@ class Supervisor:
                 Child("worker", [*base, "worker"], env),
             ]
             log.info("%s", summary(self.settings, self.config_file))
+            for warning in warnings(self.settings):
+                log.warning("%s", warning)
             for child in self.children:
                 child.start()
             while not self.stopping:

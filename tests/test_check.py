@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pkrelay.redis_server import EmbeddedRedis
-from tests.deployment import write_config
+from pkrelay.redis_server import EmbeddedRedis, free_port
+from tests.deployment import webhook_sink, write_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
+from tests.sink_server import SinkServer
 
 
 def _check(cfg: Path) -> subprocess.CompletedProcess[str]:
@@ -79,3 +80,49 @@ def test_check_says_an_empty_api_token_is_not_set(tmp_path: Path, fake_pk: FakeP
 def test_check_refuses_a_named_config_file_that_does_not_exist(tmp_path: Path) -> None:
     done = _check(tmp_path / "missing.toml")
     assert done.returncode != 0 and "missing.toml: no such config file" in done.stderr
+
+
+def test_check_follows_the_readme_s_webhook_step_before_the_token_exists(
+    tmp_path: Path, fake_pk: FakePluralKit, system_creds: dict[str, str],
+) -> None:
+    """`signing_token = "file:pk-signing-token"`, the file not written yet, then empty: `run`
+    starts (polling, dispatches refused), so `check` passes, warning about it."""
+    system = {**system_creds, "signing_token": "file:pk-signing-token", "mode": "auto"}
+    cfg = write_config(tmp_path / "pkrelay.toml",
+                       {"systems": [system], "pluralkit": {"api_base_url": fake_pk.base_url}})
+    done = _check(cfg)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "systems.0.signing_token: its file pk-signing-token" in done.stderr and "WARNING" in done.stderr
+    assert "warn system home: no signing_token yet" in done.stdout and "all checks passed" in done.stdout
+    (tmp_path / "pk-signing-token").touch()
+    done = _check(cfg)
+    assert done.returncode == 0 and "warn system home: no signing_token yet" in done.stdout, done.stdout
+    assert "does not exist" not in done.stderr
+
+
+def test_check_tries_each_sink_and_the_members_it_names(
+    tmp_path: Path, fake_pk: FakePluralKit, fake_system: FakeSystem, system_creds: dict[str, str],
+) -> None:
+    """Closed ports are FAILs naming the sink (host and port only: a URL can hold a secret);
+    a reachable webhook gets a connection and no request; `members` must name members."""
+    fake_pk.add_member(fake_system, "Alex")
+    closed = free_port()
+    listening = SinkServer()
+    listening.start()
+    try:
+        cfg = write_config(tmp_path / "pkrelay.toml", {
+            "systems": [{**system_creds, "mode": "poll"}], "pluralkit": {"api_base_url": fake_pk.base_url},
+            "sinks": [{"type": "mqtt", "name": "broker", "url": f"mqtt://user:pw-secret@127.0.0.1:{closed}",
+                       "members": ["Alex", "Sam"]},
+                      webhook_sink(f"http://127.0.0.1:{closed}/api/webhook/hook-secret", name="ha"),
+                      webhook_sink(listening.url, name="fine")]})
+        done = _check(cfg)
+    finally:
+        listening.stop()
+    assert done.returncode == 1, done.stdout
+    assert f"FAIL sink broker (mqtt): cannot reach 127.0.0.1:{closed}" in done.stdout
+    assert f"FAIL sink ha (webhook): cannot reach 127.0.0.1:{closed}" in done.stdout
+    assert "ok   sink fine (webhook): " in done.stdout and not listening.received
+    assert "FAIL sink broker (mqtt): members names no member 'Sam' of home" in done.stdout
+    assert "pw-secret" not in done.stdout and "hook-secret" not in done.stdout
+    assert "all checks passed" not in done.stdout

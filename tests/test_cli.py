@@ -59,6 +59,7 @@ def test_init_writes_a_starter_that_loads_and_never_overwrites(tmp_path: Path) -
     written = (tmp_path / "pkrelay.toml").read_text()
     settings = config.load(tmp_path / "pkrelay.toml", {})
     assert [s.name for s in settings.systems] == ["home"] and settings.data_dir == str(tmp_path / "data")
+    assert {"pk-api-token", "pk-signing-token", "data/"} <= set((tmp_path / ".gitignore").read_text().splitlines())
     (tmp_path / "pkrelay.toml").write_text(written + "# mine now\n")
     again = _pkrelay("init", cwd=tmp_path)
     assert again.returncode != 0 and "exists; not overwriting it" in again.stderr
@@ -80,3 +81,25 @@ def test_version_is_pyprojects(tmp_path: Path) -> None:
     assert pkrelay.__version__ == pyproject["project"]["version"]
     done = _pkrelay("--version", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == f"pkrelay {pyproject['project']['version']}"
+
+
+def test_init_leaves_an_existing_gitignore_alone_and_says_what_to_add(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("mine\n")
+    done = _pkrelay("init", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / ".gitignore").read_text() == "mine\n"
+    assert ".gitignore exists: add the token files" in done.stdout
+
+
+def test_replay_since_takes_a_duration(cfg: Path) -> None:
+    done = _pkrelay("replay", "--since", "10m", "--config", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "queued 0 deliveries"
+    wrong = _pkrelay("replay", "--since", "yesterday", "--config", str(cfg))
+    assert wrong.returncode == 2 and "neither a duration (30s, 10m, 2h, 1d) nor an ISO 8601 time" in wrong.stderr
+
+
+def test_deliveries_says_when_there_are_none(cfg: Path) -> None:
+    done = _pkrelay("deliveries", "--config", str(cfg))
+    assert done.returncode == 0 and done.stdout == "" and "no deliveries in state dead" in done.stderr
+    done = _pkrelay("deliveries", "--state", "pending", "--sink", "ha", "--config", str(cfg))
+    assert "no deliveries in state pending of sink ha" in done.stderr

@@ -134,10 +134,33 @@ def test_relative_paths_are_resolved_against_the_config_file(tmp_path: Path, mon
     assert config.load(tmp_path / "absent.toml", {}).data_dir == str(tmp_path / "data")  # no file: the cwd
 
 
-def test_a_missing_secret_file_names_the_key_not_the_path(tmp_path: Path) -> None:
-    with pytest.raises(config.ConfigError) as info:
-        _load(tmp_path, '[[systems]]\nname = "home"\napi_token = "file:secrets/pk-api"\n')
-    assert "systems.0.api_token" in str(info.value) and "pk-api" not in str(info.value)
+def test_a_secret_file_that_does_not_exist_yet_is_an_empty_secret_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's webhook step: `signing_token = "file:pk-signing-token"` before the bot shows the token."""
+    with caplog.at_level(logging.WARNING, "pkrelay.config"):
+        settings = _load(tmp_path, '[[systems]]\nname = "home"\nsigning_token = "file:pk-signing-token"\n'
+                                   'api_token = "file:secrets/pk-api"\n')
+    assert not settings.systems[0].signing_token and not settings.systems[0].api_token
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2
+    assert "systems.0.signing_token: its file pk-signing-token" in warned[0] and "does not exist yet" in warned[0]
+    assert "systems.0.api_token: its file secrets/pk-api" in warned[1]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[server]\nmetrics_token = "file:metrics"\n', "server.metrics_token"),
+    ('[[sinks]]\ntype = "webhook"\nurl = "http://x"\nsecret = "file:whsec"\n', "sinks.0.secret"),
+])
+def test_a_secret_whose_emptiness_opens_something_must_exist(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(config.ConfigError, match=f"{key}: its file .* does not exist"):
+        _load(tmp_path, text)
+
+
+def test_a_secret_file_that_cannot_be_read_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "pk-api").mkdir()  # a directory: exists, not readable as a file
+    with pytest.raises(config.ConfigError, match="systems.0.api_token: its file cannot be read"):
+        _load(tmp_path, '[[systems]]\nname = "home"\napi_token = "file:pk-api"\n')
 
 
 def test_a_named_config_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,8 +186,8 @@ def test_reload_rereads_file_secrets(tmp_path: Path) -> None:
     path.write_text('[[systems]]\nname = "home"\n')
     live = config.LiveSettings(path, config.load(path, {}))
     path.write_text('[[systems]]\nname = "home"\n[[systems]]\nname = "new"\nsigning_token = "file:new.token"\n')
-    with pytest.raises(config.ConfigError, match="systems.1.signing_token"):
-        live.reload()  # pasted the system before the token: the old config stays
+    live.reload()  # pasted the system before the token: no token yet
+    assert not live.current.systems[1].signing_token
     assert not live.changed()
     (tmp_path / "new.token").write_text("first\n")
     assert live.changed()  # the token file is watched too
@@ -257,13 +280,13 @@ def test_live_reload_does_not_repeat_the_warning(tmp_path: Path, caplog: pytest.
     live = config.LiveSettings(path, config.load(path, {}))
     assert len(_warnings(caplog)) == 1  # at load; the watcher's own first read says nothing
     path.write_text(PREVIOUS_RELEASE + 'signing_token = "file:home.token"\n')
-    with pytest.raises(config.ConfigError):
-        live.reload()  # the token file is not there yet
+    live.reload()  # the token file is not there yet: that is new, the removed key is not
+    assert len(_warnings(caplog)) == 2 and "systems.0.signing_token: its file home.token" in _warnings(caplog)[1]
     (tmp_path / "home.token").write_text("token\n")
     assert live.changed()
     live.reload()
-    assert len(_warnings(caplog)) == 1  # same key, same line: said already
+    assert len(_warnings(caplog)) == 2  # same key, same line: said already
     path.write_text(PREVIOUS_RELEASE.replace("[server]\n", "[server]\nhost = \"0.0.0.0\"\n"))
     live.reload()
-    assert _warnings(caplog)[1:] == [f"{path}: `pluralkit.message_rate` (line 10) is no longer used and is ignored "
+    assert _warnings(caplog)[2:] == [f"{path}: `pluralkit.message_rate` (line 10) is no longer used and is ignored "
                                      "(removed in 0.2.0)"]

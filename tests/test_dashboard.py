@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import threading
 import time
@@ -80,7 +81,9 @@ def _csp_violations(page: Any) -> list[str]:
 
 async def _switch(served: Served, fake: FakePluralKit, system: FakeSystem, names: list[str]) -> None:
     colours = ("ff6a00", "2f80ed")
-    members = [fake.add_member(system, name, color=colour) for name, colour in zip(names, colours, strict=False)]
+    known = {m["name"]: m for m in system.members.values()}
+    members = [known.get(name) or fake.add_member(system, name, color=colour)
+               for name, colour in zip(names, colours, strict=False)]
     switch = fake.add_switch(system, [m["uuid"] for m in members])
     await served.dispatch(body("CREATE_SWITCH", served.creds["signing_token"], system.uuid, switch["id"],
                                {"id": switch["id"], "timestamp": switch["timestamp"],
@@ -278,3 +281,27 @@ async def test_the_dashboard_is_off_without_an_admin_token(
             for path in ("/", "/login", "/events", "/static/dashboard.css"):
                 assert (await client.get(served.url + path)).status_code == 404, path
             assert (await client.post(served.url + "/login", data={"token": ""})).status_code == 404
+
+
+async def test_the_overview_shows_who_fronts_since_when_and_the_last_switches(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], fake_pk: FakePluralKit,
+    fake_system: FakeSystem, browser: Any,
+) -> None:
+    async with serve(tmp_path, redis_server, system_creds, fake_pk) as served:
+        page = await browser.new_page()
+        violations = _csp_violations(page)
+        await _login(page, served)
+        await _switch(served, fake_pk, fake_system, ["Ash", "Bo"])
+        await _switch(served, fake_pk, fake_system, ["Cy", "Bo"])
+        await page.goto(served.url + "/")
+        card = page.locator(".card.system", has_text="home")
+        await expect(card.locator(".front-label")).to_contain_text("Fronting since")
+        since = card.locator(".front-label time")
+        assert (await since.get_attribute("datetime") or "").endswith("Z")  # UTC in the markup...
+        await expect(since).to_have_text(re.compile(r"(just now|ago) \(.*\)"))  # ...local time on the page
+        await expect(card.locator(".members .name")).to_have_text(["Cy", "Bo"])
+        newest = card.locator(".switches li").first
+        await expect(newest.locator(".came")).to_have_text("in: Cy")
+        await expect(newest.locator(".left")).to_have_text("out: Ash")
+        await expect(card.locator(".switches li").nth(1).locator(".came")).to_have_text("in: Ash, Bo")
+        assert violations == []

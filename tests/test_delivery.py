@@ -242,6 +242,31 @@ async def test_replay_by_id_and_since_delivers_again(
     assert ids() == [first.id] * 3 + [second.id] * 2
 
 
+async def test_replay_keeps_the_delivery_s_history(
+    tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
+    fake_pk: FakePluralKit,
+) -> None:
+    """Replayed, a delivery's attempts add up and its first attempt stays the first; only
+    the retry window starts afresh."""
+    sink = _serve(sinks, respond=lambda n: 500 if n == 1 else 200)
+    dep = await deploy(tmp_path, redis_server, fake_pk, [system_creds], sinks=[webhook_sink(sink.url, name="s")])
+    await _dispatch(dep, system_creds, _update(system_creds, "a"))
+    await dep.work(FAST)
+    engine = db.create_engine(dep.live().current.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(dep.redis_url))
+    try:
+        [before] = await deliveries.listing(engine, "delivered")
+        assert before.attempts == 2 and before.first_attempt_at is not None
+        assert await deliveries.replay(engine, redis, dep.live().current.sinks, event_ids=[before.event_id]) == 1
+        await dep.work(FAST)
+        [after] = await deliveries.listing(engine, "delivered")
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    assert after.attempts == 3 and after.first_attempt_at == before.first_attempt_at
+    assert after.last_attempt_at is not None and after.last_attempt_at > before.last_attempt_at  # type: ignore[operator]
+
+
 async def test_a_delivery_already_queued_is_not_queued_twice(
     tmp_path: Path, redis_server: EmbeddedRedis, system_creds: dict[str, str], sinks: list[SinkServer],
     fake_pk: FakePluralKit,

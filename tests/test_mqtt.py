@@ -15,11 +15,13 @@ from typing import Any
 import aiomqtt
 import pytest
 import sqlalchemy as sa
+from arq import create_pool
+from arq.connections import RedisSettings
 from arq.worker import Worker
 from litestar.testing import AsyncTestClient
 
 from pkrelay import db
-from pkrelay.store.deliveries import RetryPolicy
+from pkrelay.store.deliveries import RetryPolicy, replay
 from tests.deployment import add_to_config
 from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body
@@ -171,6 +173,61 @@ async def test_state_is_retained_from_the_first_second_and_after_a_broker_restar
         got = await second.until(lambda g: wanted <= set(g) and g[t.status] == b"online")
         assert got[t.front] == b"Kim" and json.loads(got[t.discovery])["cmps"]["front"]["stat_t"] == t.front
         assert len(fake_pk.journal) == calls  # from the store this time
+
+
+async def test_a_sink_added_by_a_reload_announces_at_once_and_its_first_switch_knows_the_front(
+    deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
+    mqtt_broker: Broker, subscribe: Callable,
+) -> None:
+    """docs/homeassistant.md: the device shows up within a second of saving, not at the first event."""
+    t = _topics(fake_system)
+    kim, alex = fake_pk.add_member(fake_system, "Kim"), fake_pk.add_member(fake_system, "Alex")
+    await _switch(deployment, system_creds, fake_pk, fake_system, [kim])
+    await deployment.work(FAST)  # no sink yet: the front is only in the state store
+    async with _running(deployment):
+        seen = await subscribe([t.front, t.discovery, t.switch])
+        await asyncio.sleep(0.5)
+        _with_mqtt(deployment, mqtt_broker)
+        saved = time.monotonic()
+        await seen.until(lambda g: g.get(t.front) == b"Kim" and t.discovery in g, timeout=10)
+        assert seen.at[t.discovery] - saved < 2.5  # the watcher looks every second
+        await _switch(deployment, system_creds, fake_pk, fake_system, [alex])
+        fired = json.loads((await seen.until(lambda g: t.switch in g))[t.switch])
+        assert (fired["fronters"], fired["previous"]) == (["Alex"], ["Kim"])
+
+
+async def test_replaying_a_switch_fires_no_switch_event_when_the_front_is_the_same(
+    deployment: Deployment, system_creds: dict[str, str], fake_pk: FakePluralKit, fake_system: FakeSystem,
+    mqtt_broker: Broker, subscribe: Callable,
+) -> None:
+    """A replay is not a switch: Home Assistant automations on `front/switch` must not fire,
+    even after a fronter's record changed (a colour, an avatar) since the switch."""
+    _with_mqtt(deployment, mqtt_broker)
+    t = _topics(fake_system)
+    alex, sam = fake_pk.add_member(fake_system, "Alex"), fake_pk.add_member(fake_system, "Sam")
+    await _switch(deployment, system_creds, fake_pk, fake_system, [alex])
+    switch = await _switch(deployment, system_creds, fake_pk, fake_system, [sam])
+    await deployment.work(FAST)
+    alex.update(color="abcdef")
+    sam.update(color="123456")
+    await _dispatch(deployment, system_creds, "UPDATE_MEMBER", sam["uuid"], {"color": "123456"})
+    await deployment.work(FAST)
+    engine = db.create_engine(deployment.live().current.database_url)
+    async with engine.connect() as conn:
+        [event_id] = (await conn.execute(sa.select(db.events.c.id).where(db.events.c.entity_id == switch))).scalars()
+    await engine.dispose()
+    watch = await subscribe([t.switch, t.event("CREATE_SWITCH")])
+    engine = db.create_engine(deployment.live().current.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(deployment.redis_url))
+    try:
+        assert await replay(engine, redis, deployment.live().current.sinks, event_ids=[event_id]) == 1
+        await deployment.work(FAST)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    await watch.until(lambda g: t.event("CREATE_SWITCH") in g)  # the event itself goes out again
+    await asyncio.sleep(0.5)
+    assert t.switch not in watch.got
 
 
 async def test_a_fronter_edit_updates_the_front_whatever_the_events_filter(

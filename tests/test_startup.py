@@ -135,6 +135,26 @@ def test_the_start_up_summary_begins_with_the_version(tmp_path: Path) -> None:
     assert summary(config.load(path, {}), path).splitlines()[0] == f"pkrelay {__version__} starting"
 
 
+def test_the_start_up_summary_shows_each_url_once_and_warns_of_an_http_public_url(tmp_path: Path) -> None:
+    from pkrelay.supervisor import summary, warnings
+
+    path = write_config(tmp_path / "pkrelay.toml", {
+        "server": {"admin_token": "x" * 32, "public_url": "http://relay.example.org/dispatch"},
+        "systems": [{"name": "home", "mode": "auto"}, {"name": "away", "mode": "webhook"}]})
+    settings = config.load(path, {})
+    text = summary(settings, path)
+    assert text.count("http://127.0.0.1:8080/\n") + text.endswith("http://127.0.0.1:8080/") == 1  # the dashboard
+    for name in ("home", "away"):
+        assert text.count(f"http://relay.example.org/dispatch/{name}") == 1, text
+    assert text.count("http://127.0.0.1:8080/dispatch") == 1, text
+    [warning] = warnings(settings)
+    assert "is not https: PluralKit only sends webhooks to https URLs" in warning
+    https = write_config(tmp_path / "https.toml", {"server": {"public_url": "https://relay.example.org/dispatch"},
+                                                   "systems": [{"name": "home", "mode": "auto"}]})
+    assert warnings(config.load(https, {})) == []
+    assert "dashboard off: set server.admin_token" in summary(config.load(https, {}), https)
+
+
 def test_the_healthcheck_does_not_repeat_the_config_warnings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -22,14 +22,14 @@ from typing import Any
 import msgspec
 from arq import Retry
 
-from pkrelay import privacy, queue, shaping
+from pkrelay import keys, privacy, queue, shaping
 from pkrelay.config import ShapedSink, Sink
 from pkrelay.labels import sink_label
 from pkrelay.store import deliveries, sinks, state
 from pkrelay.store.deliveries import Pending, Settlement
 from pkrelay.store.state import Kind
 from workers.metrics import DEAD_LETTERED, DELIVERIES, DELIVERY_LATENCY
-from workers.outage import survives_outages
+from workers.outage import REDIS_DOWN, survives_outages
 from workers.resources import Resources
 from workers.senders import sender_for
 from workers.sinks import DeliveryFailed, Outgoing
@@ -141,6 +141,8 @@ async def _attempt(res: Resources, sink: Sink, pending: Pending) -> tuple[Settle
     attempts = pending.attempts + 1
     first = pending.first_attempt_at or now
     if error is None:
+        if await _health_changed(res, sink.key, None):
+            log.info("sink %s recovered: %s delivered", label, event.id)
         DELIVERIES.labels(label, "delivered").inc()
         DELIVERY_LATENCY.labels(label).observe((now - event.received_at).total_seconds())
         return Settlement(event.id, "delivered", None, attempt), None
@@ -150,5 +152,21 @@ async def _attempt(res: Resources, sink: Sink, pending: Pending) -> tuple[Settle
         log.warning("dead-lettered %s for sink %s after %d attempts: %s", event.id, label, attempts, error)
         return Settlement(event.id, "dead", error, attempt), retry_after
     DELIVERIES.labels(label, "failed").inc()
-    log.warning("delivery of %s to %s failed (%s), attempt %d", event.id, label, error, attempts)
+    # One WARNING when a sink starts failing, not one per retry; the rest at DEBUG.
+    if await _health_changed(res, sink.key, error):
+        log.warning("sink %s is failing: delivery of %s: %s; retrying with backoff (said once: the next line is "
+                    "when it recovers)", label, event.id, error)
+    else:
+        log.debug("delivery of %s to %s failed (%s), attempt %d", event.id, label, error, attempts)
     return Settlement(event.id, "pending", error, attempt), retry_after
+
+
+async def _health_changed(res: Resources, sink_key: str, error: str | None) -> bool:
+    """Record that the sink fails (`error`) or works (None); whether that is news. Redis
+    away: news (a line too many beats a failure unsaid, and the delivery is made)."""
+    try:
+        if error is None:
+            return bool(await res.redis.delete(keys.sink_failing(sink_key)))
+        return bool(await res.redis.set(keys.sink_failing(sink_key), error.encode(), nx=True))
+    except REDIS_DOWN:
+        return error is not None

@@ -27,17 +27,27 @@ async def check(redis: Redis, urls: tuple[str, ...], system: SystemConfig, fetch
                 now: float) -> None:
     """Compare the fetched system's `webhook_url` with the URLs that reach this system
     (`Settings.dispatch_urls`); on a change, switch the system's polling cadence from the
-    next tick on."""
+    next tick on. A WARNING only when it changes from registered to not: the first check
+    of a system never registered is an INFO line saying how to register."""
     if not urls or "webhook_url" not in fetched:
         return
     public_url = urls[0]
     flag = keys.poll(system.name, "unregistered")
     registered = fetched.get("webhook_url") in urls
     WEBHOOK_REGISTERED.labels(system.name).set(int(registered))
+    checked = keys.poll(system.name, "webhook_checked")
+    first = not await redis.exists(checked)
     was_registered = not await redis.exists(flag)
+    if first:
+        await redis.set(checked, b"1")
     if registered == was_registered:
         return
-    if registered:
+    if first:  # never registered: nothing changed, nothing was lost; say what to do, once
+        log.info("system %s: PluralKit does not send webhooks to %s (yet: `pk;system webhook %s`); polling at the "
+                 "poll cadence", system.name, public_url, public_url)
+        await redis.set(flag, b"1")
+        await redis.delete(keys.poll(system.name, "next"))
+    elif registered:
         log.info("system %s: webhooks reach %s again; back to reconciliation", system.name, public_url)
         await redis.delete(flag)
         await redis.hset(keys.poll(system.name, "next"), mapping={c: now + s for c, s in AUTO_CADENCE.items()})

@@ -102,8 +102,8 @@ class Resources:
         return self._mqtt[sink.key]
 
     def open_sinks(self) -> None:
-        """At start-up: connect every MQTT sink, so its retained state is there from the
-        first second (not from the first event)."""
+        """At start-up and after each reload: connect every MQTT sink not connected yet,
+        so its retained state is there from the first second (not from the first event)."""
         for sink in self.settings.sinks:
             if isinstance(sink, MqttSink):
                 self.mqtt(sink)

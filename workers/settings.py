@@ -129,6 +129,7 @@ def worker_settings(live: LiveSettings, redis_url: str, retry_policy: RetryPolic
     def config_changed(fresh: Settings) -> None:
         logs.setup(fresh.secrets(), "worker")
         if resources:
+            resources[0].open_sinks()  # an MQTT sink added: its retained state and discovery now
             learn_pins(resources[0])
 
     async def startup(ctx: dict[str, Any]) -> None:

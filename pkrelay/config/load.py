@@ -56,8 +56,8 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
 
 def read(path: Path, environ: Mapping[str, str], files: list[Path], notes: list[str]) -> Settings:
     """The settings; `files` gets every `file:` secret named (to watch them, even
-    when one of them cannot be read yet), `notes` the warnings about removed keys
-    (for the caller to log, as often as it sees fit).
+    when one of them cannot be read yet), `notes` the warnings about removed keys and
+    `file:` secrets that do not exist yet (for the caller to log, as often as it sees fit).
 
     Relative paths are resolved here, once, against the config file's directory (the
     working directory without a file), so every process and child agrees on them.
@@ -72,7 +72,7 @@ def read(path: Path, environ: Mapping[str, str], files: list[Path], notes: list[
     notes += [f"{path}: {note}" for note in removed.strip(raw, text)]
     _apply_env_overrides(raw, environ, notes)
     try:
-        raw = _resolve_refs(raw, environ, base, files, [])
+        raw = _resolve_refs(raw, environ, base, files, [], notes)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     try:
@@ -125,13 +125,22 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], notes:
         raw.setdefault(section, {})[field] = value
 
 
-def _resolve_refs(node: Any, environ: Mapping[str, str], base: Path, files: list[Path], path: list[str]) -> Any:
+def _must_exist(path: list[str]) -> bool:
+    """Secrets whose empty value weakens something (an open /metrics, unsigned deliveries):
+    their `file:` must exist. Every other secret is empty until its file appears, which
+    only turns its feature off (no dashboard, no webhooks accepted, public data only)."""
+    return path == ["server", "metrics_token"] or (path[:1] == ["sinks"] and path[-1:] == ["secret"])
+
+
+def _resolve_refs(node: Any, environ: Mapping[str, str], base: Path, files: list[Path], path: list[str],
+                  notes: list[str]) -> Any:
     """Replace every "env:NAME" string by the variable's value and every "file:PATH"
-    by the file's content (trailing newline stripped; relative to `base`)."""
+    by the file's content (trailing newline stripped; relative to `base`); a file that
+    does not exist yet is an empty secret and a note (`_must_exist` excepted)."""
     if isinstance(node, dict):
-        return {k: _resolve_refs(v, environ, base, files, [*path, k]) for k, v in node.items()}
+        return {k: _resolve_refs(v, environ, base, files, [*path, k], notes) for k, v in node.items()}
     if isinstance(node, list):
-        return [_resolve_refs(v, environ, base, files, [*path, str(i)]) for i, v in enumerate(node)]
+        return [_resolve_refs(v, environ, base, files, [*path, str(i)], notes) for i, v in enumerate(node)]
     if isinstance(node, str) and node.startswith("env:"):
         var = node[4:]
         if var not in environ:
@@ -142,6 +151,15 @@ def _resolve_refs(node: Any, environ: Mapping[str, str], base: Path, files: list
         files.append(file)
         try:
             return file.read_text().removesuffix("\n").removesuffix("\r")
+        except FileNotFoundError:
+            key = ".".join(path)
+            if _must_exist(path):
+                raise ConfigError(f"{key}: its file {node[5:]} does not exist (an empty {path[-1]} would "
+                                  f"{'leave /metrics open' if path[-1] == 'metrics_token' else 'send unsigned'})"
+                                  ) from None
+            notes.append(f"{key}: its file {node[5:]} ({file}) does not exist yet; {key} is empty until it does "
+                         "(read again as soon as it appears)")
+            return ""
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable as text"
             raise ConfigError(f"{'.'.join(path)}: its file cannot be read ({reason})") from None

@@ -182,7 +182,8 @@ async def replay(engine: AsyncEngine, redis: Redis, sinks: list[Sink], *, event_
     """Deliver stored events again, with their ids; returns how many deliveries were queued.
 
     Events named or `since` go again to every sink that wants them now; `dead` reopens
-    the dead-lettered deliveries. Either way the retry window starts afresh.
+    the dead-lettered deliveries. Either way the retry window starts afresh; the history
+    (every attempt, in `delivery_attempts`) stays, and `listing` shows it whole.
     """
     e, d = db.events, db.deliveries
     async with engine.begin() as conn:
@@ -202,8 +203,13 @@ async def replay(engine: AsyncEngine, redis: Redis, sinks: list[Sink], *, event_
         return await enqueue_pending(redis, conn, ids)
 
 
+def _earliest(*times: datetime | None) -> datetime | None:
+    return min((t for t in times if t is not None), default=None)
+
+
 class Delivery(msgspec.Struct, kw_only=True):
-    """One delivery as operators see it (`/api/deliveries`, `pkrelay deliveries`)."""
+    """One delivery as operators see it (`/api/deliveries`, `pkrelay deliveries`): every
+    attempt ever made (replays included) and the first of them."""
 
     event_id: str
     type: str
@@ -221,14 +227,20 @@ class Delivery(msgspec.Struct, kw_only=True):
 async def listing(engine: AsyncEngine, state: State = "dead", sink: str | None = None,
                   limit: int = 100) -> list[Delivery]:
     """Deliveries in this state (of this sink, by its name or key), newest event first."""
-    e, d = db.events, db.deliveries
-    query = (sa.select(d, e.c.type, e.c.system, e.c.system_id).join(e, e.c.id == d.c.event_id)
+    e, d, a = db.events, db.deliveries, db.delivery_attempts
+    # The row counts attempts within its retry window (a replay starts one afresh); the
+    # attempts table keeps every one, which is the delivery's history.
+    mine = sa.and_(a.c.event_id == d.c.event_id, a.c.sink == d.c.sink)
+    tried = sa.select(sa.func.count()).where(mine).scalar_subquery().label("tried")
+    first = sa.select(sa.func.min(a.c.at)).where(mine).scalar_subquery().label("first_tried_at")
+    query = (sa.select(d, e.c.type, e.c.system, e.c.system_id, tried, first).join(e, e.c.id == d.c.event_id)
              .where(d.c.status == state))
     if sink:
         query = query.where(d.c.sink == sink)
     async with engine.connect() as conn:
         rows = (await conn.execute(query.order_by(d.c.event_id.desc(), d.c.sink).limit(limit))).all()
     return [Delivery(event_id=r.event_id, type=r.type, system=r.system, system_id=r.system_id, sink=r.sink,
-                     state=r.status, attempts=r.attempts, last_error=r.last_error,
-                     first_attempt_at=r.first_attempt_at, last_attempt_at=r.last_attempt_at,
+                     state=r.status, attempts=max(r.attempts, r.tried or 0), last_error=r.last_error,
+                     first_attempt_at=_earliest(r.first_tried_at, r.first_attempt_at),
+                     last_attempt_at=r.last_attempt_at,
                      delivered_at=r.delivered_at) for r in rows]

@@ -19,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pkrelay import db, labels, queue, status
 from pkrelay.config import Settings, Sink
 from pkrelay.envelope import Event
-from pkrelay.store import eventlog
-from pkrelay.store.state import Kind
+from pkrelay.store import eventlog, front
 from receiver.relay import Relay
 
 _HEX = re.compile(r"^[0-9a-fA-F]{6}$")
@@ -46,6 +45,27 @@ def fronter_view(member: Any) -> dict[str, Any]:
     m = member if isinstance(member, dict) else {"id": str(member)}
     return {"name": m.get("display_name") or m.get("name") or m.get("id") or "?",
             "colour": _colour(m.get("color")), "avatar": _avatar(m.get("avatar_url"))}
+
+
+def _key(member: dict[str, Any]) -> str:
+    return str(member.get("uuid") or member.get("id"))
+
+
+async def front_view(conn: AsyncConnection, system_id: str) -> dict[str, Any]:
+    """Who fronts, since when, and the last switches with who came in and who left."""
+    current = await front.current(conn, system_id)
+    last = await front.switches(conn, system_id, 6)
+    history = []
+    for newer, older in zip(last, [*last[1:], None], strict=False):  # the oldest: nothing before it
+        before = {_key(m) for m in older.members} if older else set()
+        after = {_key(m) for m in newer.members}
+        history.append({"at": newer.at, "event_id": newer.event_id,
+                        "came": [fronter_view(m) for m in newer.members if _key(m) not in before],
+                        "left": [fronter_view(m) for m in older.members if _key(m) not in after] if older else [],
+                        "first": older is None})
+    since = current.since if current and current.since else (last[0].at if last else None)
+    return {"fronters": None if current is None else [fronter_view(m) for m in current.members],
+            "since": since, "switches": history[:5]}
 
 
 async def _system_uuids(conn: AsyncConnection, settings: Settings) -> dict[str, str | None]:
@@ -94,16 +114,14 @@ async def overview(relay: Relay) -> dict[str, Any]:
         uuids = await _system_uuids(conn, settings)
         recent: dict[str, int] = dict((await conn.execute(sa.select(e.c.system, sa.func.count()).where(
             e.c.received_at >= hour_ago).group_by(e.c.system))).all())
-        fronters = {r.key: r.data for r in (await conn.execute(sa.select(db.state.c.key, db.state.c.data).where(
-            db.state.c.kind == Kind.FRONTERS, db.state.c.key.in_([u for u in uuids.values() if u])))).all()}
+        fronts = {name: await front_view(conn, uuid) for name, uuid in uuids.items() if uuid}
     configured = {s.name: s for s in settings.systems}
     for row in systems:
         system = configured[row["name"]]
-        uuid = uuids.get(row["name"])
-        front = fronters.get(uuid) if uuid else None
         row |= {
-            "uuid": uuid, "signing_token": bool(system.signing_token), "events_last_hour": recent.get(row["name"], 0),
-            "fronters": None if front is None else [fronter_view(m) for m in front.get("members") or []],
+            "uuid": uuids.get(row["name"]), "signing_token": bool(system.signing_token),
+            "events_last_hour": recent.get(row["name"], 0),
+            **fronts.get(row["name"], {"fronters": None, "since": None, "switches": []}),
         }
     try:
         depth: int | None = await queue.depth(relay.redis)

@@ -23,6 +23,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup
 
 from pkrelay.config import Sink
 from receiver.auth_limit import FailedAuthLimit, client_address
@@ -225,8 +226,19 @@ def _fmt_time(value: datetime | str | float | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _when(value: datetime | str | float | None) -> Markup:
+    """A time as `<time datetime=...>` in UTC; static/live.js shows it in the browser's
+    local time, and how long ago."""
+    text = _fmt_time(value)
+    if text == "never":
+        return Markup("never")
+    iso = datetime.strptime(text, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    return Markup('<time class="local" datetime="{}">{}</time>').format(iso, text)
+
+
 def _engine_setup(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["time"] = _fmt_time
+    engine.engine.filters["when"] = _when
 
 
 template_config = TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine,

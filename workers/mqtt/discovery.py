@@ -46,6 +46,11 @@ def front_attributes(fronters: list[dict[str, Any]]) -> dict[str, Any]:
     return {**(described[0] if described else dict.fromkeys(describe({}))), "fronters": described}
 
 
+def front_ids(fronters: list[dict[str, Any]]) -> list[Any]:
+    """Who fronts, in order: what makes a switch (a fronter's new colour does not)."""
+    return [m.get("uuid") or m.get("id") for m in fronters]
+
+
 def switch_event(previous: list[dict[str, Any]], fronters: list[dict[str, Any]]) -> dict[str, Any]:
     """The payload of the switch event entity: `event_type` plus what changed."""
     return {"event_type": "switch", "fronters": [display(m) for m in fronters],

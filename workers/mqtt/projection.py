@@ -22,6 +22,7 @@ from pkrelay.config import MqttSink, SystemConfig
 from pkrelay.labels import sink_label
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.store import state
+from pkrelay.store.front import switches
 from pkrelay.store.state import Kind
 from workers.fetch import as_data
 from workers.mqtt import discovery as ha
@@ -143,14 +144,22 @@ class Projection:
             for member in sensed:
                 await retain(t.fronting(member["id"]), b"ON" if member.get("uuid") in fronting else b"OFF")
             await retain(t.front, ha.front_state(fronters).encode())
-            if switched:
-                # The front of the last switch event, swapped atomically: one event per
-                # change, however many deliveries or workers publish it.
-                described = msgspec.json.encode([ha.describe(m) for m in fronters])
-                before = await self.resources.redis.set(keys.mqtt(sink.key, system_id, "front"), described, get=True)
-                if before != described:
-                    previous = msgspec.json.decode(before) if before else []
-                    await self._connection.publish(t.switch, msgspec.json.encode(ha.switch_event(previous, fronters)))
+            if not switched:
+                return
+            # The front of the last switch event, swapped atomically: one event per
+            # change of who fronts, however many deliveries, workers or replays publish it.
+            described = msgspec.json.encode([ha.describe(m) for m in fronters])
+            before = await self.resources.redis.set(keys.mqtt(sink.key, system_id, "front"), described, get=True)
+            # A sink's first switch event (a sink just added): who fronted before, from the log.
+            previous = msgspec.json.decode(before) if before else await self._before_last_switch(system_id)
+            if ha.front_ids(previous) != ha.front_ids(fronters):
+                await self._connection.publish(t.switch, msgspec.json.encode(ha.switch_event(previous, fronters)))
+
+    async def _before_last_switch(self, system_id: str) -> list[dict[str, Any]]:
+        """Who fronted before the newest logged switch (nobody, as far as the log knows)."""
+        async with self.resources.engine.connect() as conn:
+            last = await switches(conn, system_id, 2)
+        return [ha.describe(m) for m in last[1].members] if len(last) == 2 else []
 
     async def _discover(self, system_id: str, t: ha.Topics, cmps: dict[str, dict[str, Any]]) -> None:
         """The device config; components announced before and gone now are listed

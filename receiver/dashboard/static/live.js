@@ -3,6 +3,24 @@
 // logged while the connection was down is missed. Rows are built with textContent only.
 (function () {
   "use strict";
+  // Every <time class="local" datetime="...Z"> (rendered in UTC): the browser's local time, and how long ago.
+  function ago(ms) {
+    var s = Math.round(ms / 1000);
+    if (s < 60) return "just now";
+    var units = [["d", 86400], ["h", 3600], ["min", 60]];
+    for (var i = 0; i < units.length; i++) {
+      if (s >= units[i][1]) return Math.floor(s / units[i][1]) + " " + units[i][0] + " ago";
+    }
+    return "";
+  }
+  function localize(node) {
+    var d = new Date(node.getAttribute("datetime"));
+    if (isNaN(d)) return;
+    node.title = node.textContent;
+    node.textContent = ago(Date.now() - d) + " (" + d.toLocaleString([], {dateStyle: "medium", timeStyle: "short"}) + ")";
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("time.local"), localize);
+
   var table = document.getElementById("events");
   if (!table || !window.EventSource) return;
   var body = table.tBodies[0];
