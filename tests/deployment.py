@@ -69,12 +69,12 @@ def webhook_sink(url: str, secret: str = "", **more: Any) -> dict[str, Any]:
     return {"type": "webhook", "url": url, "secret": secret, **more}
 
 
-async def deploy(directory: Path, redis: EmbeddedRedis, fake: FakePluralKit | None = None,
+async def deploy(directory: Path, redis_server: EmbeddedRedis, fake: FakePluralKit | None = None,
                  systems: list[dict[str, str]] | None = None, **settings: Any) -> Deployment:
     """A Deployment on directory/pkrelay.toml, its schema migrated: these `systems`, the API of
     `fake` (else a closed port), and any other `settings` (sections, sinks...) as given."""
     if fake is not None:
         settings["pluralkit"] = {"api_base_url": fake.base_url, **settings.get("pluralkit", {})}
-    dep = Deployment(write_config(directory / "pkrelay.toml", {"systems": systems or [], **settings}), redis.url)
+    dep = Deployment(write_config(directory / "pkrelay.toml", {"systems": systems or [], **settings}), redis_server.url)
     await dep.migrate()
     return dep

@@ -27,12 +27,12 @@ from tests.harness import Deployment
 from tests.waiting import until
 
 
-async def _deployment(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
+async def _deployment(tmp_path: Path, redis_server: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
                       **settings: Any) -> tuple[Deployment, dict[str, str]]:
     """`system` configured in `mode`, with its API token and a signing token."""
     creds = {"name": "home", "system_id": system.uuid, "api_token": system.token, "mode": mode,
              "signing_token": new_token()}
-    return await deploy(tmp_path, redis, fake, [creds], **settings), creds
+    return await deploy(tmp_path, redis_server, fake, [creds], **settings), creds
 
 
 async def test_a_poll_system_sees_each_change_once(
