@@ -40,6 +40,9 @@ class Resources:
     http: aiohttp.ClientSession  # webhook sinks' (workers/webhook.py)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     watcher: asyncio.Task[None] | None = None
+    # One tick at a time (workers/poll.py), and the settings whose systems it scheduled.
+    polling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    scheduled: Settings | None = None
     _clients: dict[str, PluralKitClient] = field(default_factory=dict)
     _mqtt: dict[str, MqttEndpoint] = field(default_factory=dict)
     _system_ids: dict[tuple[str, str], str] = field(default_factory=dict)
