@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from pkrelay.pluralkit import errors
-from pkrelay.pluralkit.client import PluralKitClient, reset_seconds
+from pkrelay.pluralkit.client import PluralKitClient, reset_seconds, shared_http
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
 
@@ -172,3 +172,18 @@ async def test_no_token_in_logs_or_errors(
     assert messages
     assert fake_system.token not in caplog.text
     assert all(fake_system.token not in m for m in messages)
+
+
+async def test_clients_of_many_tokens_share_one_connection_pool(fake_pk: FakePluralKit,
+                                                                redis_server: EmbeddedRedis) -> None:
+    """Each client sends its own token on a shared pool: every answer is its owner's."""
+    systems = [fake_pk.add_system(f"S{i}") for i in range(5)]
+    http = shared_http(fake_pk.base_url, "pkrelay-tests")
+    clients = [PluralKitClient(base_url=fake_pk.base_url, user_agent="pkrelay-tests", redis=Redis.from_url(
+        redis_server.url), token=s.token, http=http) for s in systems]
+    answers = await asyncio.gather(*(c.system("@me") for c in clients))
+    assert [a.uuid for a in answers] == [s.uuid for s in systems]
+    for c in clients:
+        await c.aclose()  # the pool is not theirs to close
+    assert not http.is_closed
+    await http.aclose()
