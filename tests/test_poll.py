@@ -21,7 +21,7 @@ from arq import create_pool
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from pkrelay import db, keys
+from pkrelay import db, keys, status
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import state
 from tests.deployment import deploy, write_config
@@ -466,3 +466,28 @@ async def test_one_worker_runs_one_tick_at_a_time(
     assert len(fake_pk.journal) == 12 * 6
     in_flight = max_in_any_second(j.at for j in fake_pk.journal)
     assert in_flight <= POLL_CONCURRENCY * 1.1 / 0.1 + 1  # at most POLL_CONCURRENCY calls at a time
+
+
+async def test_api_systems_reads_redis_in_one_round_trip(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit
+) -> None:
+    """200 systems: `/api/systems` costs one Redis round trip, not several per system."""
+    dep = await _many(tmp_path, redis_server, fake_pk, 200, "auto")
+    engine = db.create_engine(dep.live().current.database_url)
+    redis = Redis.from_url(redis_server.url)
+    trips = 0
+    real = redis.connection_pool.get_connection
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await real(*args, **kwargs)
+
+    redis.connection_pool.get_connection = counted  # type: ignore[method-assign]
+    try:
+        answer = await status.systems(dep.live().current, engine, redis)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    assert len(answer) == 200 and all(a["api_token"] == "ok" for a in answer)
+    assert trips == 1
