@@ -81,12 +81,13 @@ class PluralKitClient:
         max_wait: float = 10.0,
         timeout: float = 10.0,
         retries: int = 3,
+        max_rate: float = 0,
         transport: httpx.AsyncBaseTransport | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         if not user_agent:
             raise ValueError("PluralKit answers 400 without a User-Agent; pluralkit.user_agent is empty")
-        self.limiter = Limiter(redis, rate, token_key(token))
+        self.limiter = Limiter(redis, rate, token_key(token), overall=max_rate)
         self.max_wait = max_wait
         self.retries = retries
         # The token goes with each request, so clients of many tokens can share one pool.
@@ -98,10 +99,10 @@ class PluralKitClient:
     def from_settings(cls, pk: PluralKitConfig, redis: Redis, token: str,
                       transport: httpx.AsyncBaseTransport | None = None,
                       http: httpx.AsyncClient | None = None) -> PluralKitClient:
-        """The client every part of pkrelay uses: the configured API, agent and rate;
+        """The client every part of pkrelay uses: the configured API, agent and rates;
         on `http` (from `shared_http`) when given, else on a pool of its own."""
         return cls(base_url=pk.api_base_url, user_agent=pk.user_agent, redis=redis, token=token, rate=pk.get_rate,
-                   transport=transport, http=http)
+                   max_rate=pk.max_rate, transport=transport, http=http)
 
     async def aclose(self) -> None:
         """Close the connection pool, if it is this client's own."""
