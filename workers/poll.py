@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from pkrelay import keys
 from pkrelay.config import SystemConfig
@@ -76,17 +76,21 @@ async def _tick(res: Resources, now: float | None) -> int:
     slots = asyncio.Semaphore(POLL_CONCURRENCY)
     running: set[asyncio.Task[int]] = set()
     emitted = 0
-    while True:
-        room = POLL_CONCURRENCY - len(running)
-        if room > 0 and loop.time() < deadline:
-            at = time.time() if now is None else now
-            claimed = await schedule.claim(res.redis, at, room * len(Kind))
-            for name, due in claimed.due.items():
-                running.add(asyncio.create_task(_run(res, slots, claimed, name, due, at)))
-        if not running:
-            return emitted
-        done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        emitted += sum(task.result() for task in done)
+    try:
+        while True:
+            room = POLL_CONCURRENCY - len(running)
+            if room > 0 and loop.time() < deadline:
+                at = time.time() if now is None else now
+                claimed = await schedule.claim(res.redis, at, room * len(Kind))
+                for name, due in claimed.due.items():
+                    running.add(asyncio.create_task(_run(res, slots, claimed, name, due, at)))
+            if not running:
+                return emitted
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            emitted += sum(task.result() for task in done)
+    finally:
+        for task in running:  # the tick was cancelled (its timeout): so are its polls
+            task.cancel()
 
 
 async def _run(res: Resources, slots: asyncio.Semaphore, claimed: schedule.Claim, name: str,
@@ -112,7 +116,10 @@ async def _run(res: Resources, slots: asyncio.Semaphore, claimed: schedule.Claim
         log.exception("poll of %s failed", name)
         return 0
     finally:
-        await schedule.finish(redis, claimed, name, next_due)
+        try:
+            await schedule.finish(redis, claimed, name, next_due)
+        except RedisError as exc:  # its claim lapses: due again CLAIM_S after it was taken
+            log.warning("poll of %s: could not schedule its next checks: %s", name, exc)
 
 
 async def poll_system(res: Resources, system: SystemConfig, due: list[Kind], now: float) -> int | None:
