@@ -18,9 +18,10 @@ atomic step (their score becomes the claim's expiry, so no other worker takes th
 and a dead worker's claims come due again CLAIM_S later), runs them, and then sets
 each one's next due time, unless something moved it meanwhile (a sign of lost
 events, a change of cadence), which then stands. A system's first poll is due at once:
-it is the baseline everything later is compared with. From the second on, each check
-keeps a phase of its system's, drawn from a hash of its name over its period,
-so the checks of many systems are spread over their period instead of firing together.
+it is the baseline everything later is compared with. From the second on (and after
+any run far behind its time), each check keeps a phase of its system's, drawn from a
+hash of its name over its period, so the checks of many systems are spread over their
+period instead of firing together.
 A Redis lease per system keeps one poll at a time whatever the number of workers, and
 expires LEASE_S after its last call if its worker dies.
 """
@@ -128,13 +129,14 @@ def phase(system: str) -> float:
 
 def next_due(system: str, check: Kind, due: float, now: float, period: float) -> float:
     """When a check that was due at `due` and ran at `now` is due again."""
-    if due == FIRST:
-        # The second run comes up to a period early (but not within 1.5 s, so a 2-s check
-        # keeps every other tick): that sets the phase for good.
+    if due == FIRST or now - period >= due:
+        # The first run, or one far behind (a worker down for a while): the next comes up
+        # to a period early, by the system's phase (but not within 1.5 s, so a 2-s check
+        # keeps every other tick). So systems polled at the same moment part again.
         return now + period - phase(system) * max(period - 1.5, 0.0)
     # From when it was due, not from now: the average interval stays the cadence however
-    # the ticks fall, so the budget holds on average; a check far behind starts afresh.
-    return due + period if now - period < due else now + period
+    # the ticks fall, so the budget holds on average.
+    return due + period
 
 
 def polled(systems: Iterable[SystemConfig]) -> list[SystemConfig]:
