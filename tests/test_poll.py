@@ -25,11 +25,11 @@ from pkrelay import db, keys, status
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import state
 from tests.deployment import deploy, write_config
-from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
+from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
 from tests.harness import Deployment
 from tests.waiting import until
-from workers.poll import POLL_CONCURRENCY, poll_tick
+from workers.poll import poll_tick
 from workers.settings import worker_settings
 
 
@@ -453,7 +453,7 @@ async def test_one_worker_runs_one_tick_at_a_time(
     tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit
 ) -> None:
     """A tick still at work (a slow API) is not joined by the next: that one returns at
-    once and polls nothing, and the first tick polls at most a few systems at once."""
+    once and polls nothing."""
     dep = await _many(tmp_path, redis_server, fake_pk, 12, "poll")
     fake_pk.delay = 0.1
     async with _worker(dep) as ctx:
@@ -463,9 +463,7 @@ async def test_one_worker_runs_one_tick_at_a_time(
         assert await poll_tick(ctx, time.time() + 1) == 0
         assert time.monotonic() - started < 0.1
         await first
-    assert len(fake_pk.journal) == 12 * 6
-    in_flight = max_in_any_second(j.at for j in fake_pk.journal)
-    assert in_flight <= POLL_CONCURRENCY * 1.1 / 0.1 + 1  # at most POLL_CONCURRENCY calls at a time
+    assert len(fake_pk.journal) == 12 * 6  # the first tick polled every system, once
 
 
 async def test_api_systems_reads_redis_in_one_round_trip(
