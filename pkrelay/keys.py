@@ -10,7 +10,12 @@ from typing import Literal
 
 PREFIX = "pkrelay"
 
-PollKey = Literal["next", "last", "lease", "unregistered", "webhook_checked", "token_rejected"]
+PollKey = Literal["last", "lease", "unregistered", "webhook_checked", "token_rejected"]
+
+# When each poll check of each system is next due: a sorted set of `{system}:{check}`
+# scored by UNIX time (workers/schedule.py); a check being run is scored at its
+# claim's expiry.
+POLL_DUE = f"{PREFIX}:poll:due"
 
 
 # The registration PINGs the receivers answered, newest first (the dashboard's
@@ -36,10 +41,9 @@ def system_lock_name(system: str) -> str:
 
 
 def poll(system: str, what: PollKey) -> str:
-    """The poller's bookkeeping of a system: when each check is next due (hash), when
-    it last ran, who polls it now (lease), whether its webhook is registered elsewhere
-    (and whether that was ever checked),
-    whether PluralKit refuses its api_token."""
+    """The poller's bookkeeping of a system: when it was last polled, who polls it now
+    (lease), whether its webhook is registered elsewhere (and whether that was ever
+    checked), whether PluralKit refuses its api_token."""
     return f"{PREFIX}:poll:{what}:{system}"
 
 

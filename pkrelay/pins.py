@@ -53,7 +53,11 @@ return 1
 
 async def learned(redis: Redis) -> dict[str, str]:
     """Every learned pin: system name -> UUID."""
-    raw = await redis.hgetall(keys.PINS)
+    return decoded(await redis.hgetall(keys.PINS))
+
+
+def decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """`learned` from the raw HGETALL of keys.PINS (e.g. answered in a pipeline)."""
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 

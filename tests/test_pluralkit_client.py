@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from pkrelay.pluralkit import errors
-from pkrelay.pluralkit.client import PluralKitClient, reset_seconds
+from pkrelay.pluralkit.client import PluralKitClient, reset_seconds, shared_http
 from pkrelay.redis_server import EmbeddedRedis
 from tests.fakepk.api import FakePluralKit, FakeSystem, max_in_any_second
 
@@ -172,3 +172,39 @@ async def test_no_token_in_logs_or_errors(
     assert messages
     assert fake_system.token not in caplog.text
     assert all(fake_system.token not in m for m in messages)
+
+
+async def test_max_rate_caps_every_token_together(fake_pk: FakePluralKit, redis_server: EmbeddedRedis) -> None:
+    """`pluralkit.max_rate`: clients of different tokens (each well within its own rate)
+    share one overall budget, enforced by the same limiter."""
+    systems = [fake_pk.add_system(f"S{i}") for i in range(3)]
+    clients = [_client(fake_pk, redis_server.url, s.token, max_rate=3, max_wait=60) for s in systems]
+
+    async def ask(client: PluralKitClient) -> None:
+        for _ in range(3):
+            await client.system("@me")
+
+    await asyncio.gather(*(ask(c) for c in clients))
+    for c in clients:
+        await c.aclose()
+    times = [j.at for j in fake_pk.journal if j.status == 200]
+    assert len(times) == 9
+    # 10/s per token, 3/s for all of them (one more at the server when a loaded machine
+    # delays a request past the limiter's margin); without the cap all 9 in a few ms.
+    assert max_in_any_second(times) <= 4
+    assert max(times) - min(times) >= 2.0
+
+
+async def test_clients_of_many_tokens_share_one_connection_pool(fake_pk: FakePluralKit,
+                                                                redis_server: EmbeddedRedis) -> None:
+    """Each client sends its own token on a shared pool: every answer is its owner's."""
+    systems = [fake_pk.add_system(f"S{i}") for i in range(5)]
+    http = shared_http(fake_pk.base_url, "pkrelay-tests")
+    clients = [PluralKitClient(base_url=fake_pk.base_url, user_agent="pkrelay-tests", redis=Redis.from_url(
+        redis_server.url), token=s.token, http=http) for s in systems]
+    answers = await asyncio.gather(*(c.system("@me") for c in clients))
+    assert [a.uuid for a in answers] == [s.uuid for s in systems]
+    for c in clients:
+        await c.aclose()  # the pool is not theirs to close
+    assert not http.is_closed
+    await http.aclose()

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from arq import create_pool
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from pkrelay import db, keys
+from pkrelay import db, keys, status
 from pkrelay.redis_server import EmbeddedRedis
 from pkrelay.store import state
 from tests.deployment import deploy, write_config
@@ -25,6 +29,8 @@ from tests.fakepk.api import FakePluralKit, FakeSystem
 from tests.fakepk.dispatcher import FakeDispatcher, body, new_token
 from tests.harness import Deployment
 from tests.waiting import until
+from workers.poll import poll_tick
+from workers.settings import worker_settings
 
 
 async def _deployment(tmp_path: Path, redis_server: EmbeddedRedis, fake: FakePluralKit, system: FakeSystem, mode: str,
@@ -371,3 +377,115 @@ async def test_a_system_that_never_stops_dispatching_is_still_reconciled(
         assert await _poll_answered_stale(dep, fake_pk, "/members", t0 + 10 * step, chatter) == 1
     polled = [r.data for r in await _updates(dep) if r.source == "poll"]
     assert polled == [{"description": f"lost {step}"} for step in (1, 2, 3)]
+
+
+async def _many(tmp_path: Path, redis: EmbeddedRedis, fake: FakePluralKit, count: int, mode: str,
+                **settings: Any) -> Deployment:
+    """`count` systems of the fake API in `mode`, each with its own token."""
+    systems = [fake.add_system(f"S{i}") for i in range(count)]
+    return await deploy(tmp_path, redis, fake, [
+        {"name": f"s{i}", "system_id": s.uuid, "api_token": s.token, "mode": mode, "signing_token": new_token()}
+        for i, s in enumerate(systems)], **settings)
+
+
+@asynccontextmanager
+async def _worker(dep: Deployment) -> AsyncIterator[dict[str, Any]]:
+    """A worker's job context (its Resources), kept across ticks as a running worker's is."""
+    settings = worker_settings(dep.live(), dep.redis_url)
+    redis = await create_pool(settings["redis_settings"])
+    ctx: dict[str, Any] = {"redis": redis}
+    await settings["on_startup"](ctx)
+    try:
+        yield ctx
+    finally:
+        await settings["on_shutdown"](ctx)
+        await redis.aclose()
+
+
+async def test_two_workers_never_poll_one_check_twice(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit
+) -> None:
+    """Two workers tick at the same moments over many systems: no check runs twice in
+    one tick, nor again before its period (2 s for the most frequent) is near."""
+    dep = await _many(tmp_path, redis_server, fake_pk, 30, "poll")
+    t0 = time.time()
+    ran: dict[tuple[str | None, str], list[int]] = {}
+    async with _worker(dep) as one, _worker(dep) as two:
+        for second in range(13):
+            fake_pk.journal.clear()
+            await asyncio.gather(poll_tick(one, t0 + second), poll_tick(two, t0 + second))
+            calls = Counter((j.key, j.path.rsplit("/", 1)[-1]) for j in fake_pk.journal)
+            assert not calls or max(calls.values()) == 1, (second, calls.most_common(3))
+            if second == 0:
+                assert len(calls) == 30 * 6  # every system's baseline, once
+            for check in calls:
+                ran.setdefault(check, []).append(second)
+    gaps = [b - a for seconds in ran.values() for a, b in itertools.pairwise(seconds)]
+    assert gaps and min(gaps) >= 2
+    assert sum(len(seconds) for seconds in ran.values()) <= 30 * 13 * 1.0 + 30 * 6  # within the budget
+
+
+async def test_the_checks_of_many_systems_are_spread_over_their_period(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit
+) -> None:
+    """After the first poll (the baseline, at once), the checks of 40 `auto` systems do
+    not come due in the same second again: each kind's are spread over its period, about
+    as evenly as a hash of the systems' names allows."""
+    count = 40
+    dep = await _many(tmp_path, redis_server, fake_pk, count, "auto")
+    t0 = time.time()
+    runs: Counter[tuple[str, int]] = Counter()
+    async with _worker(dep) as ctx:
+        await poll_tick(ctx, t0)
+        assert len(fake_pk.journal) == count * 6
+        for second in range(1, 101):
+            before = len(fake_pk.journal)
+            await poll_tick(ctx, t0 + second)
+            runs.update((j.path.rsplit("/", 1)[-1], second) for j in fake_pk.journal[before:])
+    periods = {"fronters": 60, "switches": 100, "members": 100}
+    for check, period in periods.items():
+        per_second = [n for (kind, _), n in runs.items() if kind == check]
+        assert sum(per_second) >= count  # each ran again within its period
+        assert max(per_second) <= 2 * count / period + 3, (check, sorted(per_second)[-5:])  # not all 40 at once
+
+
+async def test_one_worker_runs_one_tick_at_a_time(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit
+) -> None:
+    """A tick still at work (a slow API) is not joined by the next: that one returns at
+    once and polls nothing."""
+    dep = await _many(tmp_path, redis_server, fake_pk, 12, "poll")
+    fake_pk.delay = 0.1
+    async with _worker(dep) as ctx:
+        first = asyncio.create_task(poll_tick(ctx, time.time()))
+        await until(lambda: fake_pk.journal, 30, "the first tick's first call")
+        started = time.monotonic()
+        assert await poll_tick(ctx, time.time() + 1) == 0
+        assert time.monotonic() - started < 0.1
+        await first
+    assert len(fake_pk.journal) == 12 * 6  # the first tick polled every system, once
+
+
+async def test_api_systems_reads_redis_in_one_round_trip(
+    tmp_path: Path, redis_server: EmbeddedRedis, fake_pk: FakePluralKit
+) -> None:
+    """200 systems: `/api/systems` costs one Redis round trip, not several per system."""
+    dep = await _many(tmp_path, redis_server, fake_pk, 200, "auto")
+    engine = db.create_engine(dep.live().current.database_url)
+    redis = Redis.from_url(redis_server.url)
+    trips = 0
+    real = redis.connection_pool.get_connection
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await real(*args, **kwargs)
+
+    redis.connection_pool.get_connection = counted  # type: ignore[method-assign]
+    try:
+        answer = await status.systems(dep.live().current, engine, redis)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    assert len(answer) == 200 and all(a["api_token"] == "ok" for a in answer)
+    assert trips == 1

@@ -15,6 +15,7 @@ waiting beyond the lock.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -47,6 +48,10 @@ BATCH = 50
 # A job waits this long for its system's lock, then tries again this much later.
 LOCK_WAIT_S = 0.05
 LOCK_RETRY_S = 0.1
+# An event of a system this worker cannot find in its config file waits this long
+# after its receipt (checking again this often) before it is logged without entity.
+RELOAD_GRACE_S = 10.0
+RELOAD_RETRY_S = 0.25
 
 
 def envelope_of(job: queue.QueuedDispatch, data: Any, enriched: Enriched) -> Event:
@@ -63,8 +68,24 @@ def envelope_of(job: queue.QueuedDispatch, data: Any, enriched: Enriched) -> Eve
     )
 
 
+def _system(res: Resources, job: queue.QueuedDispatch) -> SystemConfig | None:
+    """The event's system. The receiver accepted the event, so it knew the system: one
+    this worker does not know yet was added to the file since its last reload (the
+    receiver's came first), and it reloads now rather than on the watcher's next tick.
+    Until RELOAD_GRACE_S after receipt the event waits for a file still being written."""
+    system = res.settings.system(job.system)
+    if system is None and res.live.catch_up():
+        system = res.settings.system(job.system)
+    if system is None and time.time() * 1000 - job.received_ms < RELOAD_GRACE_S * 1000:
+        log.info("%s %s: system %r is not in this worker's config yet; waiting for it", job.type, job.event_id,
+                 job.system)
+        raise Retry(defer=RELOAD_RETRY_S)
+    return system
+
+
 async def _enrich(res: Resources, tries: int, view: state.View, job: queue.QueuedDispatch,
-                  system: SystemConfig | None, data: Any) -> Enriched:
+                  data: Any) -> Enriched:
+    system = _system(res, job)
     if system is None:
         return Enriched(note="the system is no longer configured")
     try:
@@ -154,8 +175,7 @@ async def _log(res: Resources, tries: int, jobs: list[queue.QueuedDispatch]) -> 
                                 job.type, job.event_id, unreadable)
                     enriched = Enriched()
                 else:
-                    enriched = Enriched() if job.event_id in logged else await _enrich(
-                        res, tries, view, job, res.settings.system(job.system), data)
+                    enriched = Enriched() if job.event_id in logged else await _enrich(res, tries, view, job, data)
             except Retry as exc:
                 failure = exc
                 break

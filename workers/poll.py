@@ -2,11 +2,14 @@
 
 PluralKit never retries a dispatch, some changes send none at all (group membership,
 everything `pk;import` writes), and some deployments have no public URL. An arq cron
-job ticks every second on exactly one worker (arq runs each cron slot once); each
-tick runs every system's due checks (workers.schedule) under the system's poll
-lease, compares the answers with the store (workers.diff) under the system's lock,
-after every pending dispatch is logged, and logs what changed. All calls go through
-the limiter shared with enrichment.
+job ticks every second (arq runs each cron slot on one worker); a tick claims the
+checks due now (workers.schedule: a sorted set of due times, so its cost follows what
+is due, not the number of systems), runs each system's claimed checks under the
+system's poll lease, compares the answers with the store (workers.diff) under the
+system's lock, after every pending dispatch is logged, and logs what changed. A worker
+runs one tick at a time and polls at most POLL_CONCURRENCY systems at once, so polling
+never takes the job slots ingest and delivery need. All calls go through the limiter
+shared with enrichment.
 
 Dispatches keep being logged while a poll fetches, so an answer may be older than
 the store by the time it is compared. The store is read before the fetch too: an
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from pkrelay import keys
 from pkrelay.config import SystemConfig
@@ -44,31 +47,90 @@ POLL_CALLS = Counter("pkrelay_poll_api_calls_total", "API calls spent by polling
 
 # A check whose answer could not be used runs again this soon.
 RECHECK_S = 2.0
+# Systems one worker polls at once, all within the tick's one job slot (ingest and
+# delivery keep the other 19). A poll mostly waits: its token's limiter spaces its
+# calls 105 ms apart, so 8 at once poll about 15 systems a second.
+POLL_CONCURRENCY = 8
+# A tick claims more work for this long at most, then ends (its cron timeout is 30 s).
+TICK_S = 20.0
 # How long a poll waits for its system's pending dispatches to be logged before it
 # gives its answers up (and checks again soon).
 PENDING_WAIT_S = 5.0
 
 
 async def poll_tick(ctx: dict[str, Any], now: float | None = None) -> int:
-    """Run the due checks of every system; returns the events emitted."""
+    """Run the checks due now (at `now`, for tests); returns the events emitted."""
     res = Resources.of(ctx)
+    if res.polling.locked():
+        return 0  # this worker's last tick still works through a backlog: it goes on
+    async with res.polling:
+        if res.scheduled is not res.settings:
+            await schedule.sync(res.redis, res.settings)
+            res.scheduled = res.settings
+        return await _tick(res, now)
+
+
+async def _tick(res: Resources, now: float | None) -> int:
+    """Claim due checks while there is room for them, until none is due or TICK_S passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TICK_S
+    slots = asyncio.Semaphore(POLL_CONCURRENCY)
+    running: set[asyncio.Task[int]] = set()
     emitted = 0
-    for system in res.settings.systems:
-        emitted += await poll_system(res, system, now)
-    return emitted
+    try:
+        while True:
+            room = POLL_CONCURRENCY - len(running)
+            if room > 0 and loop.time() < deadline:
+                at = time.time() if now is None else now
+                claimed = await schedule.claim(res.redis, at, room * len(Kind))
+                for name, due in claimed.due.items():
+                    running.add(asyncio.create_task(_run(res, slots, claimed, name, due, at)))
+            if not running:
+                return emitted
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            emitted += sum(task.result() for task in done)
+    finally:
+        for task in running:  # the tick was cancelled (its timeout): so are its polls
+            task.cancel()
 
 
-async def poll_system(res: Resources, system: SystemConfig, now: float | None = None) -> int:
+async def _run(res: Resources, slots: asyncio.Semaphore, claimed: schedule.Claim, name: str,
+               due: dict[Kind, float], now: float) -> int:
+    """One system's claimed checks; each is then due again at its next time."""
     redis = res.redis
-    plan = await schedule.cadence(redis, system, res.settings.pluralkit.poll_budget)
-    if plan is None or (not system.system_id and not system.api_token):
+    system = res.settings.system(name)
+    if system is None and res.live.catch_up():  # added to the file since our last reload?
+        system = res.settings.system(name)
+    plan = None if system is None else await schedule.cadence(redis, system, res.settings.pluralkit.poll_budget)
+    if system is None or plan is None or not (system.system_id or system.api_token):
+        await schedule.finish(redis, claimed, name, dict.fromkeys(due))  # no longer polled
         return 0
+    next_due: dict[Kind, float | None] = {
+        check: schedule.next_due(name, check, at, now, plan[check]) for check, at in due.items()}
+    try:
+        async with slots:
+            emitted = await poll_system(res, system, [check for check in plan if check in due], now)
+        if emitted is None:  # another worker polls this system right now
+            next_due = {check: now + RECHECK_S for check in due}
+        return emitted or 0
+    except Exception:
+        log.exception("poll of %s failed", name)
+        return 0
+    finally:
+        try:
+            await schedule.finish(redis, claimed, name, next_due)
+        except RedisError as exc:  # its claim lapses: due again CLAIM_S after it was taken
+            log.warning("poll of %s: could not schedule its next checks: %s", name, exc)
+
+
+async def poll_system(res: Resources, system: SystemConfig, due: list[Kind], now: float) -> int | None:
+    """Run these checks of one system; the events emitted, or None when another
+    worker polls it right now."""
+    redis = res.redis
     lease = schedule.lease(redis, system.name)
     if not await lease.acquire(blocking=False, token=schedule.holder()):
-        return 0  # another worker polls this system right now
+        return None
     try:
-        now = time.time() if now is None else now
-        due = await schedule.take_due(redis, system.name, plan, now)
         if not due:
             return 0
         client = res.client(system)
@@ -122,6 +184,8 @@ async def poll_system(res: Resources, system: SystemConfig, now: float | None = 
         return emitted
     finally:
         await schedule.release(lease)
+
+
 
 
 async def _snapshot(res: Resources, system_id: str) -> Snapshot:

@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from pkrelay import keys
 from pkrelay.config import SystemConfig
-from workers.schedule import AUTO_CADENCE
+from pkrelay.store.state import Kind
+from workers.schedule import AUTO_CADENCE, due_at
 
 log = logging.getLogger("pkrelay.poll")
 
@@ -46,13 +47,13 @@ async def check(redis: Redis, urls: tuple[str, ...], system: SystemConfig, fetch
         log.info("system %s: PluralKit does not send webhooks to %s (yet: `pk;system webhook %s`); polling at the "
                  "poll cadence", system.name, public_url, public_url)
         await redis.set(flag, b"1")
-        await redis.delete(keys.poll(system.name, "next"))
+        await due_at(redis, system.name, dict.fromkeys(Kind, now + 1))  # the next tick
     elif registered:
         log.info("system %s: webhooks reach %s again; back to reconciliation", system.name, public_url)
         await redis.delete(flag)
-        await redis.hset(keys.poll(system.name, "next"), mapping={c: now + s for c, s in AUTO_CADENCE.items()})
+        await due_at(redis, system.name, {c: now + s for c, s in AUTO_CADENCE.items()})
     else:
         log.warning("system %s: PluralKit no longer sends webhooks to %s; polling at the poll cadence",
                     system.name, public_url)
         await redis.set(flag, b"1")
-        await redis.delete(keys.poll(system.name, "next"))
+        await due_at(redis, system.name, dict.fromkeys(Kind, now + 1))  # the next tick

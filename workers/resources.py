@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httpx
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pkrelay import pins
 from pkrelay.config import LiveSettings, MqttSink, Settings, SystemConfig
-from pkrelay.pluralkit.client import PluralKitClient
+from pkrelay.pluralkit.client import PluralKitClient, shared_http
 from pkrelay.pluralkit.errors import PluralKitError
 from pkrelay.pluralkit.ratelimit import token_key
 from pkrelay.store.deliveries import RetryPolicy
@@ -42,6 +43,10 @@ class Resources:
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     proxies: Proxies = field(default_factory=Proxies)  # HTTP(S)_PROXY, NO_PROXY: read at start
     watcher: asyncio.Task[None] | None = None
+    # One tick at a time (workers/poll.py), and the settings whose systems it scheduled.
+    polling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    scheduled: Settings | None = None
+    _api: httpx.AsyncClient | None = None  # every token's client shares this pool
     _clients: dict[str, PluralKitClient] = field(default_factory=dict)
     _mqtt: dict[str, MqttEndpoint] = field(default_factory=dict)
     _system_ids: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -62,7 +67,10 @@ class Resources:
         token = system.api_token.reveal()
         key = token_key(token)
         if key not in self._clients:
-            self._clients[key] = PluralKitClient.from_settings(self.settings.pluralkit, self.redis, token)
+            pk = self.settings.pluralkit
+            if self._api is None:
+                self._api = shared_http(pk.api_base_url, pk.user_agent)
+            self._clients[key] = PluralKitClient.from_settings(pk, self.redis, token, http=self._api)
         return self._clients[key]
 
     async def system_id(self, system: SystemConfig) -> str:
@@ -113,7 +121,7 @@ class Resources:
             self.watcher.cancel()
         for connection in self._mqtt.values():  # first: a clean stop may still publish
             await connection.close()
-        for client in self._clients.values():
-            await client.aclose()
+        if self._api is not None:
+            await self._api.aclose()
         await self.http.close()
         await self.engine.dispose()

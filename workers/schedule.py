@@ -10,24 +10,39 @@
 | settings | 20                                 | 100                   |
 
 Poll cadences sum to 1 GET/s and scale with `pluralkit.poll_budget`. An `auto`
-system whose webhook no longer points here is polled at the poll cadence. A Redis
-lease per system keeps one poll at a time whatever the number of workers, and
+system whose webhook no longer points here is polled at the poll cadence.
+
+Every system's checks share one sorted set of due times (keys.POLL_DUE), so a tick
+costs what is due, not the number of systems: it claims the checks due by now in one
+atomic step (their score becomes the claim's expiry, so no other worker takes them,
+and a dead worker's claims come due again CLAIM_S later), runs them, and then sets
+each one's next due time, unless something moved it meanwhile (a sign of lost
+events, a change of cadence), which then stands. A system's first poll is due at once:
+it is the baseline everything later is compared with. From the second on (and after
+any run far behind its time), each check keeps a phase of its system's, drawn from a
+hash of its name over its period, so the checks of many systems are spread over their
+period instead of firing together.
+A Redis lease per system keeps one poll at a time whatever the number of workers, and
 expires LEASE_S after its last call if its worker dies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
 from pkrelay import keys
-from pkrelay.config import SystemConfig
+from pkrelay.config import Settings, SystemConfig
+from pkrelay.lua import Script
 from pkrelay.store.state import Kind
 
 POLL_CADENCE = {Kind.FRONTERS: 2.0, Kind.SWITCH: 5.0, Kind.MEMBER: 10.0, Kind.GROUP: 10.0, Kind.SYSTEM: 20.0,
@@ -38,11 +53,114 @@ AUTO_CADENCE = {Kind.FRONTERS: 60.0, Kind.SWITCH: 100.0, Kind.MEMBER: 100.0, Kin
                 Kind.SYSTEM: 100.0, Kind.SETTINGS: 100.0}
 # A dead poller's lease lapses this long after its last call; each call renews it.
 LEASE_S = 15
+# Checks claimed by a worker that died come due again this long after their claim.
+CLAIM_S = 30.0
+# Ticks come once a second, give or take: a check due before the next tick runs now.
+AHEAD_S = 0.5
+# Never polled: due at once (a score no clock reads as a time).
+FIRST = 0.0
+
+# Claim what is due by ARGV[1], at most ARGV[3] checks: each is scored ARGV[2] (the
+# claim's expiry) and returned with the score it had.
+_CLAIM = Script("""
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[2], due[i]) end
+return due
+""")
+# The next due times of a claim's checks (ARGV[2..]: member, score or '-' to drop it),
+# each only while it still holds the claim's score ARGV[1].
+_FINISH = Script("""
+local claim = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == claim then
+    if ARGV[i + 1] == '-' then redis.call('ZREM', KEYS[1], ARGV[i])
+    else redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i]) end
+  end
+end
+return 0
+""")
+
+
+def member(system: str, check: Kind) -> str:
+    """A check's member of the sorted set: by system first, so checks due at the same
+    time are claimed system by system."""
+    return f"{system}:{check}"
+
+
+@dataclass
+class Claim:
+    """Checks this worker claimed: by system, each with the time it was due."""
+
+    score: float
+    due: dict[str, dict[Kind, float]]
+
+    def __len__(self) -> int:
+        return sum(len(checks) for checks in self.due.values())
+
+
+async def claim(redis: Redis, now: float, limit: int) -> Claim:
+    """Claim at most `limit` checks due by the next tick, atomically: no other worker
+    gets them until they are finished or CLAIM_S have passed."""
+    score = now + CLAIM_S
+    raw = await _CLAIM(redis, [keys.POLL_DUE], [repr(now + AHEAD_S), repr(score), limit])
+    due: dict[str, dict[Kind, float]] = {}
+    for name, at in zip(raw[::2], raw[1::2], strict=True):
+        system, _, check = name.decode().rpartition(":")
+        due.setdefault(system, {})[Kind(check)] = float(at)
+    return Claim(score, due)
+
+
+async def finish(redis: Redis, claimed: Claim, system: str, next_due: Mapping[Kind, float | None]) -> None:
+    """Each claimed check of `system` next due at its time (None: no longer polled),
+    unless its score was moved since the claim."""
+    args: list[object] = [repr(claimed.score)]
+    for check, at in next_due.items():
+        args += [member(system, check), "-" if at is None else repr(at)]
+    await _FINISH(redis, [keys.POLL_DUE], args)
+
+
+def phase(system: str) -> float:
+    """A fraction in [0, 1) fixed for this system: checks of one cadence stay together
+    (one poll, one look at the store), those of different systems apart."""
+    digest = hashlib.sha256(system.encode()).digest()
+    return int.from_bytes(digest[:4]) / 2**32
+
+
+def next_due(system: str, check: Kind, due: float, now: float, period: float) -> float:
+    """When a check that was due at `due` and ran at `now` is due again."""
+    if due == FIRST or now - period >= due:
+        # The first run, or one far behind (a worker down for a while): the next comes up
+        # to a period early, by the system's phase (but not within 1.5 s, so a 2-s check
+        # keeps every other tick). So systems polled at the same moment part again.
+        return now + period - phase(system) * max(period - 1.5, 0.0)
+    # From when it was due, not from now: the average interval stays the cadence however
+    # the ticks fall, so the budget holds on average.
+    return due + period
+
+
+def polled(systems: Iterable[SystemConfig]) -> list[SystemConfig]:
+    """The systems the poller has work for: not webhook-only, and with a way to name them."""
+    return [s for s in systems if s.mode != "webhook" and (s.system_id or s.api_token)]
+
+
+async def sync(redis: Redis, settings: Settings) -> None:
+    """Schedule every polled system's checks that are not scheduled yet (due at once).
+    Checks of systems no longer polled are dropped by whoever claims them next."""
+    wanted = {member(s.name, check): FIRST for s in polled(settings.systems) for check in Kind}
+    if wanted:
+        await redis.zadd(keys.POLL_DUE, wanted, nx=True)
+
+
+async def due_at(redis: Redis, system: str, when: Mapping[Kind, float]) -> None:
+    """Move scheduled checks of `system` to these times (a claim in flight keeps them)."""
+    if when:
+        await redis.zadd(keys.POLL_DUE, {member(system, check): at for check, at in when.items()}, xx=True)
 
 
 async def reconcile_soon(redis: Redis, system: str) -> None:
     """A sign of lost events: every check of this system is due at the next tick."""
-    await redis.delete(keys.poll(system, "next"))
+    await due_at(redis, system, dict.fromkeys(Kind, time.time()))
 
 
 async def cadence(redis: Redis, system: SystemConfig, budget: float) -> dict[Kind, float] | None:
@@ -54,25 +172,10 @@ async def cadence(redis: Redis, system: SystemConfig, budget: float) -> dict[Kin
     return AUTO_CADENCE
 
 
-async def take_due(redis: Redis, system: str, plan: dict[Kind, float], now: float) -> list[Kind]:
-    """The checks due now, each moved to its next due time."""
-    key = keys.poll(system, "next")
-    due_at = {k.decode(): float(v) for k, v in (await redis.hgetall(key)).items()}
-    # Ticks come once a second, give or take: a check due before the next tick runs now.
-    due = [check for check in plan if due_at.get(check, 0) <= now + 0.5]
-    if due:
-        # Next time from when it was due, not from now: the average interval stays the
-        # cadence however the ticks fall, so the budget holds on average.
-        await redis.hset(key, mapping={
-            c: due_at[c] + plan[c] if now - plan[c] < due_at.get(c, 0) else now + plan[c] for c in due})
-    return due
-
-
 async def due_soon(redis: Redis, system: str, checks: set[Kind], now: float, seconds: float) -> None:
     """These checks run again `seconds` from now, whatever their cadence: their answers
     could not be used (a dispatch moved what they cover while they were fetched)."""
-    if checks:
-        await redis.hset(keys.poll(system, "next"), mapping={check: now + seconds for check in checks})
+    await due_at(redis, system, dict.fromkeys(checks, now + seconds))
 
 
 def lease(redis: Redis, system: str) -> Lock:

@@ -37,6 +37,7 @@ class LiveSettings:
         except ConfigError:
             pass  # the caller loaded `settings` already; only the file list is wanted here
         self._stamp = self._stat()
+        self._on_change: typing.Callable[[Settings], None] | None = None
 
     def _stat(self) -> tuple[tuple[int, int] | None, ...]:
         """The config file's stamp and those of its `file:` secrets."""
@@ -70,16 +71,25 @@ class LiveSettings:
         self.current = msgspec.structs.replace(self.current, systems=fresh.systems, sinks=fresh.sinks)
         return fresh
 
+    def catch_up(self) -> bool:
+        """Reload now if the file changed since the last look (as the watcher would on its
+        next tick); True when the running settings changed. For whoever meets a name the
+        running settings do not know yet: the receiver may have reloaded first."""
+        if not self.changed():
+            return False
+        try:
+            fresh = self.reload()
+        except ConfigError as exc:
+            log.error("config not reloaded, keeping the running one: %s", exc)
+            return False
+        log.info("config reloaded: %d systems, %d sinks", len(fresh.systems), len(fresh.sinks))
+        if self._on_change is not None:
+            self._on_change(fresh)
+        return True
+
     async def watch(self, on_change: typing.Callable[[Settings], None], interval: float = 1.0) -> None:
         """Poll the file's stamp; cheap, and works on every filesystem and editor."""
+        self._on_change = on_change
         while True:
             await asyncio.sleep(interval)
-            if not self.changed():
-                continue
-            try:
-                fresh = self.reload()
-            except ConfigError as exc:
-                log.error("config not reloaded, keeping the running one: %s", exc)
-                continue
-            log.info("config reloaded: %d systems, %d sinks", len(fresh.systems), len(fresh.sinks))
-            on_change(fresh)
+            self.catch_up()

@@ -91,6 +91,8 @@ class PluralKitConfig(_Section):
     get_rate: float = 10
     update_rate: float = 3
     poll_budget: float = 1.0
+    # All requests of the deployment together (every token and process), per second; 0: no cap.
+    max_rate: Annotated[float, msgspec.Meta(ge=0)] = 0
 
 
 class RedisConfig(_Section):

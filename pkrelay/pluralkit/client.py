@@ -52,6 +52,17 @@ def _segment(ref: str) -> str:
     return quote(ref, safe="@").replace(".", "%2E")
 
 
+def shared_http(base_url: str, user_agent: str, timeout: float = 10.0,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """One connection pool to the API, for the clients of any number of tokens (each
+    sends its own with every request): a process polling a thousand systems keeps a
+    few sockets and one TLS context, not one of each per system."""
+    if not user_agent:
+        raise ValueError("PluralKit answers 400 without a User-Agent; pluralkit.user_agent is empty")
+    return httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"User-Agent": user_agent}, timeout=timeout,
+                             transport=transport, follow_redirects=False)
+
+
 def reset_seconds(value: str) -> float:
     """X-RateLimit-Reset: documented as UNIX milliseconds, sent as seconds. Accept both."""
     reset = float(value)
@@ -70,28 +81,33 @@ class PluralKitClient:
         max_wait: float = 10.0,
         timeout: float = 10.0,
         retries: int = 3,
+        max_rate: float = 0,
         transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         if not user_agent:
             raise ValueError("PluralKit answers 400 without a User-Agent; pluralkit.user_agent is empty")
-        headers = {"User-Agent": user_agent}
-        if token:
-            headers["Authorization"] = token  # raw, no "Bearer"
-        self.limiter = Limiter(redis, rate, token_key(token))
+        self.limiter = Limiter(redis, rate, token_key(token), overall=max_rate)
         self.max_wait = max_wait
         self.retries = retries
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                      transport=transport, follow_redirects=False)
+        # The token goes with each request, so clients of many tokens can share one pool.
+        self._headers = {"Authorization": token} if token else {}  # raw, no "Bearer"
+        self._owns_http = http is None
+        self.http = http or shared_http(base_url, user_agent, timeout, transport)
 
     @classmethod
     def from_settings(cls, pk: PluralKitConfig, redis: Redis, token: str,
-                      transport: httpx.AsyncBaseTransport | None = None) -> PluralKitClient:
-        """The client every part of pkrelay uses: the configured API, agent and rate."""
+                      transport: httpx.AsyncBaseTransport | None = None,
+                      http: httpx.AsyncClient | None = None) -> PluralKitClient:
+        """The client every part of pkrelay uses: the configured API, agent and rates;
+        on `http` (from `shared_http`) when given, else on a pool of its own."""
         return cls(base_url=pk.api_base_url, user_agent=pk.user_agent, redis=redis, token=token, rate=pk.get_rate,
-                   transport=transport)
+                   max_rate=pk.max_rate, transport=transport, http=http)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        """Close the connection pool, if it is this client's own."""
+        if self._owns_http:
+            await self.http.aclose()
 
     async def _request(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
         """One GET through the shared limiter, retried on 5xx, timeouts and connection
@@ -103,7 +119,7 @@ class PluralKitClient:
             waited = await self.limiter.acquire(self.max_wait - (time.monotonic() - started))
             RATE_LIMIT_WAIT.labels(scope).observe(waited)
             try:
-                response = await self.http.get(path, params=params)
+                response = await self.http.get(path, params=params, headers=self._headers)
             except httpx.TransportError as exc:
                 API_REQUESTS.labels(scope, "error").inc()
                 if attempt >= self.retries:
