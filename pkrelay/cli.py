@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import string
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import msgspec
 
-from pkrelay import __version__, config, db, logs, queue, startup, supervisor
+from pkrelay import __version__, config, db, logs, queue, starter, startup, supervisor
 from pkrelay.redis_server import RedisServerError
 
 log = logging.getLogger("pkrelay")
@@ -107,42 +104,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     return asyncio.run(print_events(settings, follow=args.follow, system=args.system, event_type=args.type))
 
 
-def _ask(question: str, default: str, choices: tuple[str, ...] = ()) -> str:
-    while True:
-        answer = input(f"{question} [{default}]: ").strip() or default
-        if not choices or answer in choices:
-            return answer
-        print(f"one of {', '.join(choices)}, please")
-
-
-# Beside a new pkrelay.toml: the secret files the README has people create, and the data.
-GITIGNORE = "# pkrelay: secrets and data, never in git\npk-api-token\npk-signing-token\n*.token\ndata/\n"
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.config or os.environ.get(config.CONFIG_ENV) or config.DEFAULT_CONFIG)
-    if path.exists():
-        raise UsageError(f"{path} exists; not overwriting it")
-    name, mode = "home", "auto"
-    if sys.stdin.isatty():
-        name = _ask("a name for your system (a local label)", name)
-        mode = _ask("mode: auto (webhooks, and polling to catch what they miss), poll (no public URL needed) or "
-                    "webhook", mode, ("auto", "poll", "webhook"))
-    starter = string.Template((resources.files("pkrelay") / "starter.toml").read_text())
-    text = starter.substitute(name=json.dumps(name), mode=json.dumps(mode))
     try:
-        with path.open("x") as f:  # "x": never overwrite, even one created a moment ago
-            f.write(text)
+        for line in starter.write(path, interactive=sys.stdin.isatty()):
+            print(line)
     except FileExistsError:
         raise UsageError(f"{path} exists; not overwriting it") from None
-    print(f"wrote {path}; fill in the tokens, then `pkrelay check` and `pkrelay run`")
-    ignore = path.parent / ".gitignore"
-    try:
-        with ignore.open("x") as f:
-            f.write(GITIGNORE)
-        print(f"wrote {ignore}: the token files and data/ stay out of git")
-    except FileExistsError:
-        print(f"{ignore} exists: add the token files (pk-api-token, pk-signing-token...) and data/ to it")
     return 0
 
 
