@@ -178,7 +178,8 @@ class Supervisor:
                 Child("receiver", [*base, "serve"], env),
                 Child("worker", [*base, "worker"], env),
             ]
-            log.info("%s", summary(self.settings, self.config_file))
+            for line in summary(self.settings, self.config_file).splitlines():  # the log escapes newlines
+                log.info("%s", line)
             for warning in warnings(self.settings):
                 log.warning("%s", warning)
             for child in self.children:
